@@ -1,0 +1,36 @@
+"""The exceptions kernelscope raises on purpose.
+
+Every problem a user can fix (a bad file, data that does not fit the model, an unsupported graph) is a
+:class:`KernelscopeError` whose message is one line saying what is wrong and what to do. The command line
+turns it into that line on stderr and exit code 2; library users can catch it the same way.
+"""
+
+from __future__ import annotations
+
+
+class KernelscopeError(Exception):
+    """A user-facing error: bad input, unsupported model, data mismatch. Exit code 2 on the CLI."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        # Keep the promise of a single line even when a message is built from multi-line text.
+        super().__init__(" ".join(str(message).split()))
+
+
+class ModelError(KernelscopeError):
+    """The model file cannot be read, or its graph is not something kernelscope can audit."""
+
+
+class DataError(KernelscopeError):
+    """The data set cannot be found, read, or does not fit the model."""
+
+
+class UsageError(KernelscopeError):
+    """Options that contradict each other or are out of range."""
+
+
+class AuditFailed(KernelscopeError):
+    """An audit gate (``--fail-under`` style threshold) was not met. Exit code 1."""
+
+    exit_code = 1

@@ -1,0 +1,212 @@
+"""Graph-surgery pass: a kernel-mask input that lets ONE session evaluate every dropped-kernel variant.
+
+The audited convolution's output channel k is ``W[k] * x + b[k]``; dropping kernel k (``W[k] = 0``,
+``b[k] = 0``, or the zero points for integer convolutions) makes that channel exactly zero and leaves the
+others untouched. So instead of editing weights per kernel, we multiply the channel tensor by a mask fed at
+run time. The mask has shape (V, 1, C, 1, 1): broadcasting against the (N, C, H, W) activations gives
+(V, N, C, H, W), which is reshaped to a batch of V*N. The convolution itself therefore runs once per image
+batch for all V variants, and the rest of the network sees V variants of each image side by side.
+
+Where the mask sits depends on the drop mode (see :func:`find_mask_site`):
+
+- ``weights``: right after the convolution (for ``ConvInteger``, after the Cast/Mul/Add tail that
+  ``onnxruntime.quantization`` emits to rescale and add the original bias, so "bias = 0" holds there too);
+- ``channel``: after the bias ``Add``, ``BatchNormalization`` and activation that directly follow it
+  (true nodal dropout: the channel's value is 0 whatever those ops would make of a zero input).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import TensorProto
+
+from kernelscope.errors import ModelError
+from kernelscope.model.first_conv import ConvLayer
+from kernelscope.model.graph import GraphIndex, NotConstant, constant_value, node_label
+
+#: Name of the run-time input added by :func:`insert_kernel_mask`.
+MASK_INPUT = "kernelscope_kernel_mask"
+
+DROP_MODES = ("weights", "channel")
+
+#: Element-wise activations that may directly follow a convolution (``--drop channel`` passes them).
+ACTIVATIONS = {
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Softplus", "Softsign", "Clip", "Gelu", "Mish", "ThresholdedRelu",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MaskSite:
+    """The tensor whose channels the mask multiplies, and the nodes between the convolution and it."""
+
+    tensor: str
+    passed: tuple[str, ...]  # "OpType:name" of each node passed after the convolution
+    elem_type: int
+    quant_params: tuple[str, str] | None = None  # (scale, zero point) tensor names for an 8-bit tensor
+
+
+def _single_consumer(index: GraphIndex, tensor: str, graph_outputs: set[str]) -> onnx.NodeProto | None:
+    users = index.consumers.get(tensor, [])
+    if len(users) != 1 or tensor in graph_outputs:
+        return None
+    return index.node(users[0])
+
+
+def _is_constant(index: GraphIndex, tensor: str) -> bool:
+    try:
+        constant_value(index, tensor)
+    except NotConstant:
+        return False
+    return True
+
+
+def _is_channel_bias(index: GraphIndex, node: onnx.NodeProto, current: str) -> bool:
+    """An Add/Sub/Mul/Div of ``current`` with a constant that broadcasts per channel (or per tensor)."""
+    if node.op_type not in ("Add", "Sub", "Mul", "Div") or len(node.input) != 2 or node.input[0] != current:
+        return False
+    if not _is_constant(index, node.input[1]):
+        return False
+    value = constant_value(index, node.input[1])[0]
+    if value.size == 1:
+        return True
+    # (C,1,1) or (1,C,1,1): one value per channel, the same for every position and batch entry.
+    return 3 <= value.ndim <= 4 and value.shape[-2:] == (1, 1) and (value.ndim == 3 or value.shape[0] == 1)
+
+
+def find_mask_site(proto: onnx.ModelProto, layer: ConvLayer, mode: str, elem_types: dict[str, int]) -> MaskSite:
+    """Where to apply the kernel mask for ``mode`` (``weights`` or ``channel``); see the module docstring."""
+    if mode not in DROP_MODES:
+        raise ValueError(f"unknown drop mode {mode!r}")
+    index = GraphIndex.build(proto.graph)
+    outputs = {o.name for o in proto.graph.output}
+    current = layer.output
+    passed: list[str] = []
+
+    def step(node: onnx.NodeProto) -> None:
+        nonlocal current
+        passed.append(f"{node.op_type}:{node_label(node)}")
+        current = node.output[0]
+
+    if layer.op_type == "ConvInteger":
+        # Re-assemble the original convolution: Cast(int32 -> float) -> Mul(scale) -> Add(bias).
+        node = _single_consumer(index, current, outputs)
+        if node is not None and node.op_type == "Cast":
+            step(node)
+            node = _single_consumer(index, current, outputs)
+            if node is not None and node.op_type == "Mul" and node.input[0] == current:
+                step(node)
+                node = _single_consumer(index, current, outputs)
+                if node is not None and _is_channel_bias(index, node, current) and node.op_type == "Add":
+                    step(node)
+    if mode == "channel":
+        for _ in range(8):
+            node = _single_consumer(index, current, outputs)
+            if node is None:
+                break
+            if node.op_type == "BatchNormalization" and node.input[0] == current:
+                step(node)
+            elif _is_channel_bias(index, node, current):
+                step(node)
+            elif node.op_type == "QuantizeLinear":
+                after = _single_consumer(index, node.output[0], outputs)
+                if after is None or after.op_type != "DequantizeLinear":
+                    break
+                step(node)
+                step(after)
+            elif node.op_type in ACTIVATIONS and node.input[0] == current:
+                step(node)
+                break
+            else:
+                break
+    elem_type = elem_types.get(current, TensorProto.UNDEFINED)
+    if elem_type == TensorProto.UNDEFINED:
+        elem_type = TensorProto.INT32 if current == layer.output and layer.op_type == "ConvInteger" else TensorProto.FLOAT
+    quant = None
+    if elem_type in (TensorProto.UINT8, TensorProto.INT8):
+        producer = index.node(index.producer[current])
+        if producer.op_type == "QLinearConv":
+            quant = (producer.input[6], producer.input[7])
+        elif producer.op_type == "QuantizeLinear" and len(producer.input) >= 3:
+            quant = (producer.input[1], producer.input[2])
+        else:
+            raise ModelError(
+                f"cannot mask the 8-bit tensor {current!r} produced by {producer.op_type}; use --drop weights"
+            )
+    return MaskSite(current, tuple(passed), elem_type, quant)
+
+
+def infer_elem_types(proto: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor onnx shape inference can type (empty on failure)."""
+    types: dict[str, int] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception:  # inference is best effort: custom ops and odd models may defeat it
+        inferred = proto
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
+    for tensor in proto.graph.initializer:
+        types[tensor.name] = tensor.data_type
+    return types
+
+
+def insert_kernel_mask(proto: onnx.ModelProto, site: MaskSite, out_channels: int, output: str) -> onnx.ModelProto:
+    """A copy of ``proto`` whose only output is ``output`` and whose ``site`` tensor is multiplied by
+    the run-time input :data:`MASK_INPUT` of shape (V, 1, C, 1, 1); the batch becomes V*N after it."""
+    graph = gs.import_onnx(proto)
+    tensors = graph.tensors()
+    if site.tensor not in tensors:
+        raise ModelError(f"internal: mask site {site.tensor!r} not found in the graph")
+    target = tensors[site.tensor]
+    consumers = list(target.outputs)
+    mask = gs.Variable(MASK_INPUT, dtype=np.float32, shape=["variants", 1, out_channels, 1, 1])
+    graph.inputs.append(mask)
+    nodes: list[gs.Node] = []
+
+    def make(op: str, inputs: list, attrs: dict | None = None, dtype=None) -> gs.Variable:
+        out = gs.Variable(f"kernelscope_{op.lower()}_{len(nodes)}", dtype=dtype)
+        nodes.append(gs.Node(op=op, name=f"kernelscope_{op}_{len(nodes)}", inputs=inputs, outputs=[out], attrs=attrs or {}))
+        return out
+
+    if site.quant_params is not None:
+        scale, zero = (tensors[name] for name in site.quant_params)
+        values = make("DequantizeLinear", [target, scale, zero], dtype=np.float32)
+        masked = make("Mul", [values, mask], dtype=np.float32)
+        masked = make("QuantizeLinear", [masked, scale, zero], dtype=onnx.helper.tensor_dtype_to_np_dtype(site.elem_type))
+    else:
+        np_type = onnx.helper.tensor_dtype_to_np_dtype(site.elem_type)
+        factor = mask if site.elem_type == TensorProto.FLOAT else make("Cast", [mask], {"to": site.elem_type}, np_type)
+        masked = make("Mul", [target, factor], dtype=np_type)
+    shape = make("Shape", [target], dtype=np.int64)
+    tail = make("Gather", [shape, gs.Constant("kernelscope_chw_axes", np.array([1, 2, 3], dtype=np.int64))], {"axis": 0}, np.int64)
+    new_shape = make("Concat", [gs.Constant("kernelscope_minus_one", np.array([-1], dtype=np.int64)), tail], {"axis": 0}, np.int64)
+    batched = make("Reshape", [masked, new_shape], dtype=masked.dtype)
+    graph.nodes.extend(nodes)
+    for consumer in consumers:
+        if any(consumer is ours for ours in nodes):
+            continue
+        for position, tensor in enumerate(consumer.inputs):
+            if tensor is target:
+                consumer.inputs[position] = batched
+    wanted = [t for t in graph.outputs if t.name == output]
+    if not wanted:
+        raise ModelError(f"internal: output {output!r} not found")
+    graph.outputs = wanted
+    graph.cleanup(remove_unused_graph_inputs=True).toposort()
+    if MASK_INPUT not in {t.name for t in graph.inputs}:
+        raise ModelError(f"output {output!r} does not depend on the audited layer; choose another --output")
+    masked_model = gs.export_onnx(graph, do_type_check=False)
+    masked_model.ir_version = proto.ir_version
+    del masked_model.opset_import[:]
+    masked_model.opset_import.extend(proto.opset_import)
+    # Batch sizes change after the mask: stale intermediate shapes would only mislead the runtime.
+    del masked_model.graph.value_info[:]
+    for value in masked_model.graph.output:
+        if value.type.tensor_type.HasField("shape") and value.type.tensor_type.shape.dim:
+            value.type.tensor_type.shape.dim[0].dim_param = "variants_x_batch"
+    return masked_model

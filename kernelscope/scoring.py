@@ -1,0 +1,285 @@
+"""Exact kernel scoring by dropout (DESIGN §2.3): accuracy with each first-layer kernel dropped.
+
+One onnxruntime session serves the baseline and every dropped-kernel variant: the model is rewritten once
+with a kernel-mask input (:mod:`kernelscope.model.surgery.kernel_mask`), each image batch is preprocessed
+once, and several variants share one run, so the cost stays close to (C_out + 1) x N forward passes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from kernelscope.data.preprocessing import PreparedData
+from kernelscope.errors import ModelError
+from kernelscope.model.first_conv import ConvLayer
+from kernelscope.model.graph import GraphIndex
+from kernelscope.model.surgery.dynamic_batch import fixed_batch_size, make_batch_dynamic
+from kernelscope.model.surgery.kernel_mask import (
+    DROP_MODES,
+    MASK_INPUT,
+    MaskSite,
+    find_mask_site,
+    infer_elem_types,
+    insert_kernel_mask,
+)
+from kernelscope.progress import NO_PROGRESS, Progress
+from kernelscope.runtime import make_session, run_checked
+from kernelscope.stats import mcnemar_exact, split_stability
+
+#: Images x variants per onnxruntime run when batching is possible: large enough to amortize per-run
+#: overhead, small enough to keep activations of mid-sized CNNs in a few hundred MB.
+DEFAULT_RUN_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class KernelScore:
+    """The effect of dropping one output kernel of the audited layer."""
+
+    index: int
+    accuracy: float
+    delta: float  # accuracy - baseline accuracy
+    fragile: bool  # accuracy below the mean over kernels: member of S
+    correct_to_wrong: int  # images the baseline gets right and the variant wrong
+    wrong_to_correct: int  # the reverse
+    p_value: float  # exact McNemar test of variant vs baseline predictions
+    split_stability: float  # share of bootstrap resamples that put the kernel on the same side
+    changed_predictions: float  # share of images whose predicted class changes
+    weight_norm: float  # L2 norm of the kernel's (dequantized) weights
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the variants were run."""
+
+    fixed_batch: int | None  # the batch size baked into the file, if any
+    batch_made_dynamic: bool  # graph surgery removed a fixed batch
+    variants_per_run: int
+    images_per_run: int
+    runs: int
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    """Scores of every kernel plus the S / S' split by the mean rule."""
+
+    drop_mode: str
+    n_images: int
+    baseline_accuracy: float
+    mean_accuracy: float
+    kernels: list[KernelScore]
+    fragile: list[int]
+    null: list[int]
+    mask_site: MaskSite
+    plan: BatchPlan
+    bootstrap_resamples: int
+    seconds: float
+
+    @property
+    def variant_images_per_second(self) -> float:
+        """(C_out + 1) x N model evaluations divided by the scoring wall time."""
+        return (len(self.kernels) + 1) * self.n_images / self.seconds if self.seconds > 0 else float("nan")
+
+
+class KernelDropRunner:
+    """One onnxruntime session that evaluates the model with any set of first-layer kernels dropped."""
+
+    def __init__(
+        self,
+        proto: onnx.ModelProto,
+        layer: ConvLayer,
+        image_input: str,
+        output: str,
+        *,
+        drop: str = "weights",
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        if drop not in DROP_MODES:
+            raise ValueError(f"drop must be one of {DROP_MODES}")
+        index = GraphIndex.build(proto.graph)
+        if output not in index.downstream_tensors(layer.output):
+            raise ModelError(f"output {output!r} does not depend on layer {layer.name!r}; choose another --output")
+        self.layer = layer
+        self.drop = drop
+        self.image_input = image_input
+        self.output = output
+        self.channels = layer.out_channels
+        self.site = find_mask_site(proto, layer, drop, infer_elem_types(proto))
+        self.fixed_batch = fixed_batch_size(proto, image_input)
+        self.batch_made_dynamic = False
+        masked = insert_kernel_mask(proto, self.site, self.channels, output)
+        self.session = make_session(masked, providers, threads)
+        self.batchable = self.fixed_batch is None
+        if self.fixed_batch is not None:
+            candidate = make_batch_dynamic(proto, image_input)
+            if candidate is not None:
+                self._try_dynamic(candidate, providers, threads)
+        self._input_type = next(i for i in self.session.get_inputs() if i.name == image_input)
+
+    def _try_dynamic(self, candidate: onnx.ModelProto, providers, threads) -> None:
+        """Adopt the dynamic-batch rewrite only if it reproduces the fixed-batch model exactly."""
+        try:
+            session = make_session(insert_kernel_mask(candidate, self.site, self.channels, self.output), providers, threads)
+        except ModelError:
+            return
+        fixed = self.fixed_batch or 1
+        probe = self._probe_input(2 * fixed)
+        masks = np.ones((2, self.channels), dtype=np.float32)
+        masks[1, 0] = 0.0
+        try:
+            batched = session.run([self.output], {self.image_input: probe, MASK_INPUT: _mask5(masks)})[0]
+        except Exception:  # the rewrite does not run: keep the fixed batch
+            return
+        expected = [
+            self.session.run([self.output], {self.image_input: probe[s : s + fixed], MASK_INPUT: _mask5(masks[v : v + 1])})[0]
+            for v in range(2)
+            for s in range(0, 2 * fixed, fixed)
+        ]
+        expected_all = np.concatenate(expected, axis=0)
+        if batched.shape != expected_all.shape:
+            return
+        scale = max(1.0, float(np.max(np.abs(expected_all))))
+        if np.max(np.abs(batched.astype(np.float64) - expected_all)) <= 1e-4 * scale:
+            self.session = session
+            self.batchable = True
+            self.batch_made_dynamic = True
+
+    def _probe_input(self, n: int) -> np.ndarray:
+        meta = next(i for i in self.session.get_inputs() if i.name == self.image_input)
+        shape = [n] + [d if isinstance(d, int) and d > 0 else 8 for d in meta.shape[1:]]
+        rng = np.random.default_rng(0)
+        if "uint8" in meta.type:
+            return rng.integers(0, 256, size=shape, dtype=np.uint8)
+        dtype = np.float16 if "float16" in meta.type else np.float64 if "double" in meta.type else np.float32
+        return (rng.standard_normal(shape) * 0.5).astype(dtype)
+
+    def predict(self, x: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """Predicted classes, shape (V, N), of ``x`` under each of the V rows of ``masks`` (1 keep, 0 drop)."""
+        masks = np.asarray(masks, dtype=np.float32)
+        if self.batchable:
+            out = run_checked(self.session, {self.image_input: x, MASK_INPUT: _mask5(masks)}, self.output)
+            return _argmax(out, masks.shape[0], x.shape[0])
+        # A fixed batch that could not be made dynamic: one variant and exactly `fixed` images per run.
+        fixed = self.fixed_batch or 1
+        preds = np.empty((masks.shape[0], x.shape[0]), dtype=np.int64)
+        for v in range(masks.shape[0]):
+            for start in range(0, x.shape[0], fixed):
+                chunk = x[start : start + fixed]
+                real = chunk.shape[0]
+                if real < fixed:  # pad the last chunk by repeating its last image
+                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
+                out = run_checked(self.session, {self.image_input: chunk, MASK_INPUT: _mask5(masks[v : v + 1])}, self.output)
+                preds[v, start : start + real] = _argmax(out, 1, fixed)[0, :real]
+        return preds
+
+
+def _mask5(masks: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(masks.reshape(masks.shape[0], 1, masks.shape[1], 1, 1), dtype=np.float32)
+
+
+def _argmax(out: np.ndarray, variants: int, images: int) -> np.ndarray:
+    if out.shape[0] != variants * images:
+        raise ModelError(
+            f"the model's output has batch {out.shape[0]} for {variants * images} inputs; kernelscope expects "
+            "the batch on the output's first axis"
+        )
+    return out.reshape(variants, images, -1).argmax(axis=2)
+
+
+def drop_masks(channels: int) -> np.ndarray:
+    """The (C_out + 1, C_out) variant masks: row 0 keeps everything, row k+1 drops kernel k."""
+    masks = np.ones((channels + 1, channels), dtype=np.float32)
+    masks[np.arange(1, channels + 1), np.arange(channels)] = 0.0
+    return masks
+
+
+def plan_groups(variants: int, images_per_run: int, run_size: int) -> list[np.ndarray]:
+    """Split variant indices into balanced groups of about ``run_size // images_per_run`` each."""
+    per_run = max(1, run_size // max(1, images_per_run))
+    groups = math.ceil(variants / per_run)
+    return [g for g in np.array_split(np.arange(variants), groups) if g.size]
+
+
+def score_kernels(
+    runner: KernelDropRunner,
+    data: PreparedData,
+    *,
+    batch_size: int = 128,
+    run_size: int = DEFAULT_RUN_SIZE,
+    seed: int = 0,
+    bootstrap: int = 1000,
+    progress: Progress = NO_PROGRESS,
+) -> ScoringResult:
+    """Accuracy of the model with each kernel of ``runner.layer`` dropped, on every image of ``data``.
+
+    Returns the per-kernel scores, the mean rule split (S = accuracy below the mean over kernels), the
+    paired McNemar p-value of each kernel against the baseline and the bootstrap stability of its side.
+    """
+    started = time.perf_counter()
+    channels = runner.channels
+    masks = drop_masks(channels)
+    n = len(data)
+    images_per_run = batch_size if runner.batchable else (runner.fixed_batch or 1)
+    groups = plan_groups(channels + 1, images_per_run, run_size) if runner.batchable else [np.arange(channels + 1)]
+    preds = np.empty((channels + 1, n), dtype=np.int64)
+    runs = 0
+    with progress.task(f"Scoring {channels} kernels on {n} images", total=(channels + 1) * n) as task:
+        start = 0
+        for x, labels in data.batches(batch_size):
+            for group in groups:
+                preds[group, start : start + len(labels)] = runner.predict(x, masks[group])
+                runs += 1 if runner.batchable else len(group) * math.ceil(len(labels) / images_per_run)
+                task.advance(len(group) * len(labels))
+            start += len(labels)
+    correct = preds == data.labels[None, :]
+    counts = correct.sum(axis=1)
+    base_correct = correct[0]
+    dropped = correct[1:]
+    drop_counts = counts[1:]
+    # The mean rule on integer counts: a_k < mean  <=>  count_k * C < sum of counts (no float ties).
+    fragile_mask = drop_counts * channels < drop_counts.sum()
+    stability = split_stability(dropped, bootstrap, seed)
+    norms = runner.layer.kernel_norms()
+    kernels = []
+    for k in range(channels):
+        c2w = int(np.count_nonzero(base_correct & ~dropped[k]))
+        w2c = int(np.count_nonzero(~base_correct & dropped[k]))
+        kernels.append(
+            KernelScore(
+                index=k,
+                accuracy=float(drop_counts[k] / n),
+                delta=float((drop_counts[k] - counts[0]) / n),
+                fragile=bool(fragile_mask[k]),
+                correct_to_wrong=c2w,
+                wrong_to_correct=w2c,
+                p_value=mcnemar_exact(c2w, w2c),
+                split_stability=float(stability[k]),
+                changed_predictions=float(np.mean(preds[k + 1] != preds[0])),
+                weight_norm=float(norms[k]),
+            )
+        )
+    return ScoringResult(
+        drop_mode=runner.drop,
+        n_images=n,
+        baseline_accuracy=float(counts[0] / n),
+        mean_accuracy=float(drop_counts.mean() / n),
+        kernels=kernels,
+        fragile=[k for k in range(channels) if fragile_mask[k]],
+        null=[k for k in range(channels) if not fragile_mask[k]],
+        mask_site=runner.site,
+        plan=BatchPlan(
+            fixed_batch=runner.fixed_batch,
+            batch_made_dynamic=runner.batch_made_dynamic,
+            variants_per_run=max(len(g) for g in groups) if runner.batchable else 1,
+            images_per_run=images_per_run,
+            runs=runs,
+        ),
+        bootstrap_resamples=bootstrap,
+        seconds=time.perf_counter() - started,
+    )
