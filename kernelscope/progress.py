@@ -17,6 +17,9 @@ class ProgressTask(Protocol):
     def advance(self, amount: int = 1) -> None:
         """Record that ``amount`` more units of work are done."""
 
+    def update(self, completed: int, total: int | None = None) -> None:
+        """Set the absolute progress (and the total, once it is known)."""
+
 
 class Progress(Protocol):
     """Factory of progress bars; ``task`` is a context manager that closes the bar on exit."""
@@ -27,6 +30,9 @@ class Progress(Protocol):
 
 class _NullTask:
     def advance(self, amount: int = 1) -> None:
+        pass
+
+    def update(self, completed: int, total: int | None = None) -> None:
         pass
 
 

@@ -18,6 +18,19 @@ def mcnemar_exact(correct_to_wrong: int, wrong_to_correct: int) -> float:
     return float(binomtest(min(correct_to_wrong, wrong_to_correct), discordant, 0.5).pvalue)
 
 
+def holm_adjust(p_values: np.ndarray) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (family-wise error control across all kernels of a layer)."""
+    p = np.asarray(p_values, dtype=np.float64)
+    m = p.size
+    if m == 0:
+        return p
+    order = np.argsort(p, kind="stable")
+    adjusted_sorted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(adjusted_sorted, 1.0)
+    return adjusted
+
+
 def split_stability(correct: np.ndarray, resamples: int, seed: int, chunk: int = 50) -> np.ndarray:
     """For each kernel, the share of bootstrap resamples of the images in which it lands on the same
     side of the mean rule (S if accuracy < mean, else S') as on the full data.

@@ -65,7 +65,7 @@ IDX_FILES: dict[str, tuple[str, str]] = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 }
-_IDX_MD5: dict[str, dict[str, str]] = {
+IDX_MD5: dict[str, dict[str, str]] = {
     "mnist": {
         "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
         "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
@@ -300,7 +300,7 @@ def _mnist_flavour(folder: Path) -> str:
         labels = folder / f"{base}.gz"
         if labels.is_file():
             digest = md5_of(labels)
-            for name, table in _IDX_MD5.items():
+            for name, table in IDX_MD5.items():
                 if table[labels.name] == digest:
                     return name
     return (
@@ -333,7 +333,7 @@ def _fetch(
     name: str, split: str, files: Sequence[str], target: Path, on_progress: ProgressCallback | None
 ) -> None:
     """Download ``files`` of ``name`` into ``target``, trying each mirror in turn."""
-    md5s = {CIFAR_ARCHIVE: CIFAR_ARCHIVE_MD5, **_IDX_MD5.get(name, {})}
+    md5s = {CIFAR_ARCHIVE: CIFAR_ARCHIVE_MD5, **IDX_MD5.get(name, {})}
     mirrors = MIRRORS[name]
     for file in files:
         if (target / file).is_file():

@@ -1,0 +1,5 @@
+"""``python -m kernelscope``."""
+
+from kernelscope.cli.app import run
+
+run()

@@ -1,0 +1,289 @@
+"""``inspect``: the whole first-layer audit as one library call returning a dataclass.
+
+The command line only parses options into :class:`InspectConfig`, calls :func:`inspect_model`, and
+renders the :class:`InspectReport`; library users do the same without the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kernelscope import __version__
+from kernelscope.data import ImageDataset, load_dataset
+from kernelscope.data.preprocessing import (
+    PreparedData,
+    Preprocessing,
+    PreprocessingOptions,
+    resolve_preprocessing,
+    select_examples,
+)
+from kernelscope.errors import DataError, UsageError
+from kernelscope.model.first_conv import ConvLayer, find_conv
+from kernelscope.model.loading import LoadedModel, TensorInfo, load_model
+from kernelscope.progress import NO_PROGRESS, Progress
+from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, ScoringResult, score_kernels
+from kernelscope.stats import holm_adjust
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    """Everything ``inspect`` needs besides the model path. Defaults match the command line."""
+
+    data: str
+    data_dir: Path | None = None
+    split: str = "test"
+    download: bool = True
+    layer: str | None = None
+    output: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    drop: str = "weights"
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 128
+    run_size: int = DEFAULT_RUN_SIZE
+    preprocessing: PreprocessingOptions = field(default_factory=PreprocessingOptions)
+    providers: tuple[str, ...] | None = None
+    threads: int | None = None
+    bootstrap: int = 1000
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What the model file is."""
+
+    path: str
+    format: str
+    opset: int
+    ir_version: int
+    producer: str
+    file_bytes: int
+    input: TensorInfo
+    output: TensorInfo
+    output_names: list[str]
+    num_classes: int | None
+    node_count: int
+    op_counts: dict[str, int]
+    parameters: int
+    fixed_batch: int | None
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """Which images were used and how they were fed to the model."""
+
+    name: str
+    source: str
+    split: str
+    n: int
+    available: int
+    num_classes: int | None
+    class_names: list[str] | None
+    preprocessing: Preprocessing
+    limit: int | None
+    seed: int
+
+
+@dataclass
+class InspectReport:
+    """The result of :func:`inspect_model`; rendered by ``kernelscope.report`` and the CLI."""
+
+    kernelscope_version: str
+    model: ModelSummary
+    layer: ConvLayer
+    data: DataSummary
+    scoring: ScoringResult
+    holm_p_values: list[float]
+    warnings: list[str]
+    verdict: str
+    timings: dict[str, float]
+
+
+def inspect_model(model_path: str | os.PathLike[str], config: InspectConfig, progress: Progress = NO_PROGRESS) -> InspectReport:
+    """Audit the first convolution of a classifier: score every kernel by dropout on real data.
+
+    Loads the model (ONNX or TorchScript), finds the layer, loads and fits the data, scores each kernel
+    with one onnxruntime session, and returns an :class:`InspectReport`. User-fixable problems raise
+    :class:`~kernelscope.errors.KernelscopeError` subclasses with one-line messages.
+    """
+    _check_config(config)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    model = load_model(model_path, input_shape=config.input_shape)
+    output = model.output(config.output)
+    layer = find_conv(model.proto, model.image_input.name, config.layer)
+    timings["load_model"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    with progress.task(f"Loading data {config.data}", total=None) as task:
+        dataset = load_dataset(
+            config.data,
+            split=config.split,
+            data_dir=config.data_dir,
+            download=config.download,
+            size=config.preprocessing.size,
+            channels=config.preprocessing.channels,
+            on_progress=lambda done, total: task.update(done, total),
+        )
+    num_classes = _num_classes(output)
+    _check_labels(dataset, num_classes)
+    available = len(dataset)
+    dataset = select_examples(dataset, config.limit, config.seed)
+    preprocessing = resolve_preprocessing(
+        input_shape=model.image_input.shape,
+        input_dtype=str(model.image_input.dtype),
+        metadata=model.kernelscope_metadata.get("preprocessing") or {},
+        dataset=dataset,
+        options=config.preprocessing,
+    )
+    data = PreparedData(dataset, preprocessing)
+    timings["load_data"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    runner = KernelDropRunner(
+        model.proto,
+        layer,
+        model.image_input.name,
+        output.name,
+        drop=config.drop,
+        providers=config.providers,
+        threads=config.threads,
+    )
+    timings["build_session"] = time.perf_counter() - clock
+    scoring = score_kernels(
+        runner, data, batch_size=config.batch_size, run_size=config.run_size, seed=config.seed,
+        bootstrap=config.bootstrap, progress=progress,
+    )
+    timings["scoring"] = scoring.seconds
+    timings["variant_images_per_second"] = scoring.variant_images_per_second
+
+    summary = _model_summary(model, output, num_classes, runner.fixed_batch)
+    data_summary = DataSummary(
+        name=dataset.name,
+        source=dataset.source,
+        split=config.split,
+        n=len(dataset),
+        available=available,
+        num_classes=dataset.num_classes,
+        class_names=list(dataset.class_names) if dataset.class_names else None,
+        preprocessing=preprocessing,
+        limit=config.limit,
+        seed=config.seed,
+    )
+    holm = holm_adjust(np.array([k.p_value for k in scoring.kernels])).tolist()
+    warnings = _warnings(scoring, num_classes, runner)
+    return InspectReport(
+        kernelscope_version=__version__,
+        model=summary,
+        layer=layer,
+        data=data_summary,
+        scoring=scoring,
+        holm_p_values=holm,
+        warnings=warnings,
+        verdict=_verdict(layer, scoring, holm),
+        timings=timings,
+    )
+
+
+def _check_config(config: InspectConfig) -> None:
+    if config.drop not in ("weights", "channel"):
+        raise UsageError(f"--drop must be 'weights' or 'channel', not {config.drop!r}")
+    if config.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, not {config.batch_size}")
+    if config.limit is not None and config.limit <= 0:
+        raise UsageError(f"--limit must be a positive number of images, not {config.limit}")
+    if config.bootstrap < 0:
+        raise UsageError(f"--bootstrap must be 0 or more resamples, not {config.bootstrap}")
+
+
+def _num_classes(output: TensorInfo) -> int | None:
+    if output.shape and isinstance(output.shape[-1], int) and output.shape[-1] > 0:
+        return int(output.shape[-1])
+    return None
+
+
+def _check_labels(dataset: ImageDataset, num_classes: int | None) -> None:
+    if len(dataset) == 0:
+        raise DataError(f"the data set {dataset.source} holds no images")
+    if int(dataset.labels.min()) < 0:
+        raise DataError(f"the data set {dataset.source} has negative labels; labels must be class indices 0..K-1")
+    if num_classes is None:
+        return
+    top = int(dataset.labels.max())
+    if top >= num_classes:
+        raise DataError(
+            f"the data has label {top} but the model outputs only {num_classes} classes (0..{num_classes - 1}); "
+            "use data labelled for this model"
+        )
+    if dataset.num_classes is not None and dataset.num_classes != num_classes:
+        raise DataError(
+            f"the data set defines {dataset.num_classes} classes but the model outputs {num_classes}; labels "
+            "would not line up with the model's classes"
+        )
+
+
+def _model_summary(model: LoadedModel, output: TensorInfo, num_classes: int | None, fixed_batch: int | None) -> ModelSummary:
+    graph = model.proto.graph
+    params = sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in graph.initializer)
+    return ModelSummary(
+        path=str(model.path),
+        format=model.format,
+        opset=model.opset,
+        ir_version=int(model.proto.ir_version),
+        producer=model.producer,
+        file_bytes=model.path.stat().st_size,
+        input=model.image_input,
+        output=output,
+        output_names=[o.name for o in model.outputs],
+        num_classes=num_classes,
+        node_count=len(graph.node),
+        op_counts=dict(sorted(Counter(n.op_type for n in graph.node).items())),
+        parameters=params,
+        fixed_batch=fixed_batch,
+    )
+
+
+def _warnings(scoring: ScoringResult, num_classes: int | None, runner: KernelDropRunner) -> list[str]:
+    notes = []
+    if num_classes and scoring.baseline_accuracy < 1.5 / num_classes:
+        notes.append(
+            f"baseline accuracy {scoring.baseline_accuracy:.1%} is close to chance ({1 / num_classes:.1%}): check "
+            "the preprocessing (--scale/--mean/--std/--layout) and the label order"
+        )
+    if runner.fixed_batch is not None and not runner.batch_made_dynamic:
+        notes.append(
+            f"the model has a fixed batch of {runner.fixed_batch} that could not be made dynamic; images were run "
+            f"{runner.fixed_batch} at a time (slower)"
+        )
+    if scoring.n_images < 500:
+        notes.append(f"only {scoring.n_images} images: the S / S' split is noisy; use more data for a firm split")
+    unstable = [k.index for k in scoring.kernels if k.split_stability < 0.8]
+    if unstable and scoring.bootstrap_resamples:
+        notes.append(
+            f"{len(unstable)} kernel(s) change sides in more than 20% of bootstrap resamples "
+            f"({', '.join(map(str, unstable[:10]))}{' ...' if len(unstable) > 10 else ''}); their S / S' label is uncertain"
+        )
+    return notes
+
+
+def _verdict(layer: ConvLayer, scoring: ScoringResult, holm: list[float]) -> str:
+    total = len(scoring.kernels)
+    fragile = len(scoring.fragile)
+    worst = min(scoring.kernels, key=lambda k: (k.accuracy, k.index))
+    significant = sum(1 for p in holm if p < 0.05)
+    harmless = sum(1 for k in scoring.kernels if k.correct_to_wrong + k.wrong_to_correct == 0)
+    parts = [
+        f"Baseline top-1 accuracy is {scoring.baseline_accuracy:.1%} on {scoring.n_images} images.",
+        f"{fragile} of {total} kernels of {layer.op_type} '{layer.name}' ({fragile / total:.0%}) are fragile: dropping "
+        f"one costs more than the average kernel (mean accuracy with a kernel dropped {scoring.mean_accuracy:.1%}).",
+        f"The most damaging is kernel {worst.index} ({worst.accuracy:.1%}, {worst.delta * 100:+.1f} points).",
+        f"{significant} kernel(s) change accuracy significantly (paired exact McNemar, Holm-adjusted p < 0.05)",
+    ]
+    tail = f"; {harmless} change no prediction at all." if harmless else "."
+    return " ".join(parts) + tail
+

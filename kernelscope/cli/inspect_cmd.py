@@ -1,0 +1,80 @@
+"""``kernelscope inspect``: score every kernel of the first convolution on real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kernelscope.audit import InspectConfig, inspect_model
+from kernelscope.cli import options as opt
+from kernelscope.cli.context import console, error_console, progress_for
+from kernelscope.cli.render import render_inspect
+from kernelscope.errors import AuditFailed, UsageError
+from kernelscope.io import atomic_write_text, check_output_path
+from kernelscope.report.json_report import dumps, inspect_to_dict
+
+
+def inspect_command(
+    model: Annotated[Path, typer.Argument(help="Classifier to audit: .onnx, or TorchScript .pt (torch.jit.save).")],
+    data: opt.DataOption,
+    data_dir: opt.DataDirOption = None,
+    split: opt.SplitOption = "test",
+    download: opt.DownloadOption = True,
+    limit: opt.LimitOption = None,
+    seed: opt.SeedOption = 0,
+    batch_size: opt.BatchSizeOption = 128,
+    layer: Annotated[str | None, typer.Option(help="Audit this Conv node (name or output name) instead of the first.")] = None,
+    output: Annotated[str | None, typer.Option(help="Model output holding the class scores (default: the first).")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="Input shape for TorchScript files that do not record it, e.g. 1,3,32,32.")] = None,
+    drop: Annotated[str, typer.Option(help="weights: zero W[k] and b[k]; channel: zero channel k after BN/activation.")] = "weights",
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the stability of each kernel's S/S' side.")] = 1000,
+    min_accuracy: Annotated[float | None, typer.Option(help="Exit 1 when baseline accuracy is below this (0..1).")] = None,
+    device: Annotated[str, typer.Option(help="auto (CUDA if onnxruntime-gpu sees a GPU), cpu or cuda.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads (default: all cores).")] = None,
+    top: Annotated[int | None, typer.Option(help="Show only the N lowest-accuracy kernels in the table.")] = None,
+    scale: opt.ScaleOption = None,
+    mean: opt.MeanOption = None,
+    std: opt.StdOption = None,
+    layout: opt.LayoutOption = None,
+    size: opt.SizeOption = None,
+    channels: opt.ChannelsOption = None,
+    json_path: opt.JsonOption = None,
+    force: opt.ForceOption = False,
+    quiet: opt.QuietOption = False,
+) -> None:
+    """Score every kernel of the first Conv by dropping it, split them into fragile (S) and null (S')."""
+    if min_accuracy is not None and not 0 <= min_accuracy <= 1:
+        raise UsageError(f"--min-accuracy is a fraction between 0 and 1, not {min_accuracy}")
+    if top is not None and top <= 0:
+        raise UsageError(f"--top must be positive, not {top}")
+    if json_path is not None:
+        check_output_path(json_path, force=force, inputs=(model,))
+    config = InspectConfig(
+        data=data,
+        data_dir=data_dir,
+        split=split,
+        download=download,
+        layer=layer,
+        output=output,
+        input_shape=opt.parse_ints(input_shape, "--input-shape", 4),
+        drop=drop,
+        limit=limit,
+        seed=seed,
+        batch_size=batch_size,
+        preprocessing=opt.preprocessing_options(scale, mean, std, layout, size, channels),
+        providers=opt.providers_for(device),
+        threads=threads,
+        bootstrap=bootstrap,
+    )
+    report = inspect_model(model, config, progress=progress_for(quiet))
+    render_inspect(console(), report, top=top, quiet=quiet)
+    if json_path is not None:
+        atomic_write_text(json_path, dumps(inspect_to_dict(report)))
+        if not quiet:
+            error_console().print(f"[dim]wrote {json_path}[/dim]")
+    if min_accuracy is not None and report.scoring.baseline_accuracy < min_accuracy:
+        raise AuditFailed(
+            f"baseline accuracy {report.scoring.baseline_accuracy:.2%} is below --min-accuracy {min_accuracy:.2%}"
+        )

@@ -1,0 +1,144 @@
+"""Rendering reports to the terminal with rich (the library itself never imports rich)."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from kernelscope.audit import InspectReport
+
+
+def _shape(shape: tuple | None) -> str:
+    if shape is None:
+        return "?"
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def _key_values(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, Text(value))  # Text: values like "[preset cifar10]" are not rich markup
+    return table
+
+
+def model_table(report: InspectReport) -> Table:
+    """Model summary: file, format, opset, input/output, size."""
+    m = report.model
+    batch = "dynamic" if m.fixed_batch is None else f"fixed {m.fixed_batch}"
+    return _key_values(
+        "Model",
+        [
+            ("file", m.path),
+            ("format", f"{m.format}, opset {m.opset}, IR {m.ir_version}, {m.producer}"),
+            ("input", f"{m.input.name} {_shape(m.input.shape)} {m.input.dtype} (batch {batch})"),
+            ("output", f"{m.output.name} {_shape(m.output.shape)}" + (f", {m.num_classes} classes" if m.num_classes else "")),
+            ("graph", f"{m.node_count} nodes, {m.parameters:,} parameters, {m.file_bytes / 1e6:.2f} MB"),
+        ],
+    )
+
+
+def layer_table(report: InspectReport) -> Table:
+    """The audited convolution."""
+    layer, site = report.layer, report.scoring.mask_site
+    source = layer.weight_source
+    through = f" via {' <- '.join(source.chain)}" if source.chain else ""
+    return _key_values(
+        "Audited layer",
+        [
+            ("node", f"{layer.name} ({layer.op_type}, {layer.distance} node(s) from the input)"),
+            ("kernels", f"{layer.out_channels} x {layer.in_channels // layer.group} x "
+                        f"{' x '.join(map(str, layer.kernel_shape))}, group {layer.group}, stride {list(layer.strides)}"),
+            ("weights", f"{layer.weight_dtype}, {source.kind} {source.stored_name!r}{through}"
+                        + (", bias" if layer.has_bias else ", no bias")),
+            ("drop", f"{report.scoring.drop_mode}: channel mask on {site.tensor!r}"
+                     + (f" after {', '.join(site.passed)}" if site.passed else "")),
+        ],
+    )
+
+
+def data_table(report: InspectReport) -> Table:
+    """Data set and preprocessing, with where each preprocessing value came from."""
+    d, p = report.data, report.data.preprocessing
+    subset = f"{d.n} of {d.available} images" + (f" (seeded subset, seed {d.seed})" if d.n < d.available else "")
+    src = p.sources
+
+    def fmt(values: tuple[float, ...]) -> str:
+        return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+    return _key_values(
+        "Data",
+        [
+            ("data", f"{d.name} [{d.split}] from {d.source}"),
+            ("images", subset),
+            ("scale", f"{p.scale:.6g} [{src.get('scale', '')}]"),
+            ("mean / std", f"{fmt(p.mean)} / {fmt(p.std)} [{src.get('mean', '')}]"),
+            ("input", f"{p.layout} {p.size[0]}x{p.size[1]}x{p.channels} {p.input_dtype} "
+                      f"[layout: {src.get('layout', '')}; size: {src.get('size', '')}]"),
+        ],
+    )
+
+
+def kernel_table(report: InspectReport, top: int | None = None) -> Table:
+    """Per-kernel scores sorted by accuracy, S (fragile) / S' (null) marked."""
+    s = report.scoring
+    table = Table(
+        title=f"Kernels by accuracy with the kernel dropped (baseline {s.baseline_accuracy:.2%}, mean {s.mean_accuracy:.2%})",
+        title_justify="left",
+    )
+    for name, justify in [
+        ("kernel", "right"), ("set", "center"), ("accuracy", "right"), ("Δ points", "right"),
+        ("changed", "right"), ("✓→✗", "right"), ("✗→✓", "right"), ("p (Holm)", "right"),
+        ("side stable", "right"), ("‖w‖", "right"),
+    ]:
+        table.add_column(name, justify=justify)
+    rows = sorted(zip(s.kernels, report.holm_p_values, strict=True), key=lambda kp: (kp[0].accuracy, kp[0].index))
+    shown = rows if top is None else rows[:top]
+    for k, holm in shown:
+        mark = Text("S", style="bold red") if k.fragile else Text("S'", style="green")
+        p_text = "<0.001" if holm < 0.001 else f"{holm:.3f}"
+        table.add_row(
+            str(k.index), mark, f"{k.accuracy:.2%}", f"{k.delta * 100:+.2f}", f"{k.changed_predictions:.1%}",
+            str(k.correct_to_wrong), str(k.wrong_to_correct), Text(p_text, style="bold" if holm < 0.05 else "dim"),
+            f"{k.split_stability:.0%}", f"{k.weight_norm:.3g}",
+        )
+    if top is not None and len(rows) > top:
+        table.caption = f"{len(rows) - top} more kernel(s) not shown (--top)"
+    return table
+
+
+def verdict_panel(report: InspectReport) -> Panel:
+    """The one-paragraph verdict plus warnings."""
+    body = [Text(report.verdict)]
+    for warning in report.warnings:
+        body.append(Text(f"⚠ {warning}", style="yellow"))
+    s = report.scoring
+    body.append(Text(f"S (fragile): {s.fragile}", style="red"))
+    body.append(Text(f"S' (null):   {s.null}", style="green"))
+    return Panel(Group(*body), title="Verdict", title_align="left")
+
+
+def render_inspect(console: Console, report: InspectReport, top: int | None = None, quiet: bool = False) -> None:
+    """Print the whole ``inspect`` report."""
+    if quiet:
+        console.print(report.verdict, soft_wrap=True)
+        return
+    console.print(model_table(report))
+    console.print()
+    console.print(layer_table(report))
+    console.print()
+    console.print(data_table(report))
+    console.print()
+    console.print(kernel_table(report, top))
+    timing, scoring = report.timings, report.scoring
+    console.print(
+        f"scored {len(scoring.kernels) + 1} variants x {scoring.n_images} images in {timing.get('scoring', 0):.2f} s "
+        f"({timing.get('variant_images_per_second', 0):,.0f} variant-images/s, {scoring.plan.variants_per_run} "
+        f"variant(s) x {scoring.plan.images_per_run} images per run)",
+        style="dim",
+        markup=False,
+    )
+    console.print(verdict_panel(report))

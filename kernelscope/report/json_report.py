@@ -1,0 +1,121 @@
+"""The versioned JSON document of a report (schema: docs/json-schema.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from kernelscope.audit import InspectReport
+from kernelscope.model.loading import TensorInfo
+
+#: Bumped on any incompatible change of keys or meanings; additions keep the version.
+SCHEMA_VERSION = 1
+
+
+def _tensor(info: TensorInfo) -> dict[str, Any]:
+    return {"name": info.name, "dtype": str(info.dtype), "shape": list(info.shape) if info.shape is not None else None}
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def inspect_to_dict(report: InspectReport, *, include_timings: bool = True) -> dict[str, Any]:
+    """The ``inspect`` report as plain JSON types. Everything but ``timings`` is deterministic for a seed."""
+    model, layer, data, scoring = report.model, report.layer, report.data, report.scoring
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kernelscope_version": report.kernelscope_version,
+        "command": "inspect",
+        "model": {
+            "path": model.path,
+            "format": model.format,
+            "opset": model.opset,
+            "ir_version": model.ir_version,
+            "producer": model.producer,
+            "file_bytes": model.file_bytes,
+            "input": _tensor(model.input),
+            "output": _tensor(model.output),
+            "outputs": model.output_names,
+            "num_classes": model.num_classes,
+            "nodes": model.node_count,
+            "op_counts": model.op_counts,
+            "parameters": model.parameters,
+            "fixed_batch": model.fixed_batch,
+        },
+        "layer": {
+            "name": layer.name,
+            "op_type": layer.op_type,
+            "in_channels": layer.in_channels,
+            "out_channels": layer.out_channels,
+            "kernel_shape": list(layer.kernel_shape),
+            "group": layer.group,
+            "strides": list(layer.strides),
+            "dilations": list(layer.dilations),
+            "has_bias": layer.has_bias,
+            "weight_dtype": layer.weight_dtype,
+            "quantized": layer.quantized,
+            "weight_source": {
+                "kind": layer.weight_source.kind,
+                "tensor": layer.weight_source.stored_name,
+                "through": list(layer.weight_source.chain),
+            },
+            "distance_from_input": layer.distance,
+            "mask_site": {"tensor": scoring.mask_site.tensor, "after": list(scoring.mask_site.passed)},
+        },
+        "data": {
+            "name": data.name,
+            "source": data.source,
+            "split": data.split,
+            "n": data.n,
+            "available": data.available,
+            "limit": data.limit,
+            "seed": data.seed,
+            "num_classes": data.num_classes,
+            "class_names": data.class_names,
+            "preprocessing": data.preprocessing.describe(),
+        },
+        "drop_mode": scoring.drop_mode,
+        "baseline_accuracy": scoring.baseline_accuracy,
+        "mean_accuracy": scoring.mean_accuracy,
+        "kernels": [
+            {
+                "index": k.index,
+                "accuracy": k.accuracy,
+                "delta": k.delta,
+                "fragile": k.fragile,
+                "correct_to_wrong": k.correct_to_wrong,
+                "wrong_to_correct": k.wrong_to_correct,
+                "p_value": k.p_value,
+                "p_value_holm": holm,
+                "split_stability": k.split_stability,
+                "changed_predictions": k.changed_predictions,
+                "weight_norm": k.weight_norm,
+            }
+            for k, holm in zip(scoring.kernels, report.holm_p_values, strict=True)
+        ],
+        "fragile": scoring.fragile,
+        "null": scoring.null,
+        "statistics": {
+            "test": "exact McNemar (two-sided) of kernel-dropped vs baseline predictions; Holm-adjusted over kernels",
+            "bootstrap_resamples": scoring.bootstrap_resamples,
+        },
+        "execution": {
+            "fixed_batch": scoring.plan.fixed_batch,
+            "batch_made_dynamic": scoring.plan.batch_made_dynamic,
+            "variants_per_run": scoring.plan.variants_per_run,
+            "images_per_run": scoring.plan.images_per_run,
+            "runs": scoring.plan.runs,
+        },
+        "warnings": report.warnings,
+        "verdict": report.verdict,
+    }
+    if include_timings:
+        doc["timings"] = {key: _finite(value) for key, value in report.timings.items()}
+    return doc
+
+
+def dumps(doc: dict[str, Any]) -> str:
+    """Serialize a report document: sorted keys, stable float formatting, a trailing newline."""
+    return json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"
