@@ -104,7 +104,9 @@ class InspectReport:
     timings: dict[str, float]
 
 
-def inspect_model(model_path: str | os.PathLike[str], config: InspectConfig, progress: Progress = NO_PROGRESS) -> InspectReport:
+def inspect_model(
+    model_path: str | os.PathLike[str], config: InspectConfig, progress: Progress = NO_PROGRESS
+) -> InspectReport:
     """Audit the first convolution of a classifier: score every kernel by dropout on real data.
 
     Loads the model (ONNX or TorchScript), finds the layer, loads and fits the data, scores each kernel
@@ -156,8 +158,13 @@ def inspect_model(model_path: str | os.PathLike[str], config: InspectConfig, pro
     )
     timings["build_session"] = time.perf_counter() - clock
     scoring = score_kernels(
-        runner, data, batch_size=config.batch_size, run_size=config.run_size, seed=config.seed,
-        bootstrap=config.bootstrap, progress=progress,
+        runner,
+        data,
+        batch_size=config.batch_size,
+        run_size=config.run_size,
+        seed=config.seed,
+        bootstrap=config.bootstrap,
+        progress=progress,
     )
     timings["scoring"] = scoring.seconds
     timings["variant_images_per_second"] = scoring.variant_images_per_second
@@ -227,7 +234,9 @@ def _check_labels(dataset: ImageDataset, num_classes: int | None) -> None:
         )
 
 
-def _model_summary(model: LoadedModel, output: TensorInfo, num_classes: int | None, fixed_batch: int | None) -> ModelSummary:
+def _model_summary(
+    model: LoadedModel, output: TensorInfo, num_classes: int | None, fixed_batch: int | None
+) -> ModelSummary:
     graph = model.proto.graph
     params = sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in graph.initializer)
     return ModelSummary(
@@ -266,7 +275,8 @@ def _warnings(scoring: ScoringResult, num_classes: int | None, runner: KernelDro
     if unstable and scoring.bootstrap_resamples:
         notes.append(
             f"{len(unstable)} kernel(s) change sides in more than 20% of bootstrap resamples "
-            f"({', '.join(map(str, unstable[:10]))}{' ...' if len(unstable) > 10 else ''}); their S / S' label is uncertain"
+            f"({', '.join(map(str, unstable[:10]))}{' ...' if len(unstable) > 10 else ''}); "
+            "their S / S' label is uncertain"
         )
     return notes
 
@@ -286,4 +296,3 @@ def _verdict(layer: ConvLayer, scoring: ScoringResult, holm: list[float]) -> str
     ]
     tail = f"; {harmless} change no prediction at all." if harmless else "."
     return " ".join(parts) + tail
-

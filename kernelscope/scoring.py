@@ -125,7 +125,9 @@ class KernelDropRunner:
     def _try_dynamic(self, candidate: onnx.ModelProto, providers, threads) -> None:
         """Adopt the dynamic-batch rewrite only if it reproduces the fixed-batch model exactly."""
         try:
-            session = make_session(insert_kernel_mask(candidate, self.site, self.channels, self.output), providers, threads)
+            session = make_session(
+                insert_kernel_mask(candidate, self.site, self.channels, self.output), providers, threads
+            )
         except ModelError:
             return
         fixed = self.fixed_batch or 1
@@ -137,7 +139,9 @@ class KernelDropRunner:
         except Exception:  # the rewrite does not run: keep the fixed batch
             return
         expected = [
-            self.session.run([self.output], {self.image_input: probe[s : s + fixed], MASK_INPUT: _mask5(masks[v : v + 1])})[0]
+            self.session.run(
+                [self.output], {self.image_input: probe[s : s + fixed], MASK_INPUT: _mask5(masks[v : v + 1])}
+            )[0]
             for v in range(2)
             for s in range(0, 2 * fixed, fixed)
         ]
@@ -174,7 +178,9 @@ class KernelDropRunner:
                 real = chunk.shape[0]
                 if real < fixed:  # pad the last chunk by repeating its last image
                     chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
-                out = run_checked(self.session, {self.image_input: chunk, MASK_INPUT: _mask5(masks[v : v + 1])}, self.output)
+                out = run_checked(
+                    self.session, {self.image_input: chunk, MASK_INPUT: _mask5(masks[v : v + 1])}, self.output
+                )
                 preds[v, start : start + real] = _argmax(out, 1, fixed)[0, :real]
         return preds
 

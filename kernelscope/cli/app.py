@@ -34,7 +34,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
 ) -> None:
     """kernelscope: which first-layer kernels does your classifier depend on, and what does an attack do to them?"""
 
@@ -42,7 +44,9 @@ def _root(
 def _fail(message: str, code: int) -> int:
     from kernelscope.cli.context import error_console
 
-    error_console().print(f"[bold red]kernelscope: error:[/bold red] {message}", soft_wrap=True, markup=True, highlight=False)
+    error_console().print(
+        f"[bold red]kernelscope: error:[/bold red] {message}", soft_wrap=True, markup=True, highlight=False
+    )
     return code
 
 
@@ -70,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         text = " ".join(str(exc).split())[:300]
         return _fail(
-            _escape(f"unexpected {type(exc).__name__}: {text} (rerun with KERNELSCOPE_DEBUG=1 for details and report it)"),
+            _escape(
+                f"unexpected {type(exc).__name__}: {text} (rerun with KERNELSCOPE_DEBUG=1 for details and report it)"
+            ),
             2,
         )
     return int(result or 0) if isinstance(result, int) else 0

@@ -25,12 +25,24 @@ def inspect_command(
     limit: opt.LimitOption = None,
     seed: opt.SeedOption = 0,
     batch_size: opt.BatchSizeOption = 128,
-    layer: Annotated[str | None, typer.Option(help="Audit this Conv node (name or output name) instead of the first.")] = None,
-    output: Annotated[str | None, typer.Option(help="Model output holding the class scores (default: the first).")] = None,
-    input_shape: Annotated[str | None, typer.Option(help="Input shape for TorchScript files that do not record it, e.g. 1,3,32,32.")] = None,
-    drop: Annotated[str, typer.Option(help="weights: zero W[k] and b[k]; channel: zero channel k after BN/activation.")] = "weights",
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the stability of each kernel's S/S' side.")] = 1000,
-    min_accuracy: Annotated[float | None, typer.Option(help="Exit 1 when baseline accuracy is below this (0..1).")] = None,
+    layer: Annotated[
+        str | None, typer.Option(help="Audit this Conv node (name or output name) instead of the first.")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option(help="Model output holding the class scores (default: the first).")
+    ] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Input shape for TorchScript files that do not record it, e.g. 1,3,32,32.")
+    ] = None,
+    drop: Annotated[
+        str, typer.Option(help="weights: zero W[k] and b[k]; channel: zero channel k after BN/activation.")
+    ] = "weights",
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples for the stability of each kernel's S/S' side.")
+    ] = 1000,
+    min_accuracy: Annotated[
+        float | None, typer.Option(help="Exit 1 when baseline accuracy is below this (0..1).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto (CUDA if onnxruntime-gpu sees a GPU), cpu or cuda.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads (default: all cores).")] = None,
     top: Annotated[int | None, typer.Option(help="Show only the N lowest-accuracy kernels in the table.")] = None,

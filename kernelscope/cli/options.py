@@ -17,53 +17,64 @@ OUTPUT = "Output"
 DataOption = Annotated[
     str,
     typer.Option(
-        "--data", "-d", help="Data set name (cifar10, mnist, fashion-mnist) or path: image folder, .tar of class "
-        "folders, .npz with x and y.", rich_help_panel=DATA,
+        "--data",
+        "-d",
+        help="Data set name (cifar10, mnist, fashion-mnist) or path: image folder, .tar of class "
+        "folders, .npz with x and y.",
+        rich_help_panel=DATA,
     ),
 ]
 DataDirOption = Annotated[
     Path | None,
-    typer.Option(help="Where named data sets are looked up (then $KERNELSCOPE_DATA, then the user cache).",
-                 rich_help_panel=DATA),
+    typer.Option(
+        help="Where named data sets are looked up (then $KERNELSCOPE_DATA, then the user cache).", rich_help_panel=DATA
+    ),
 ]
 SplitOption = Annotated[str, typer.Option(help="Split of a named data set: test or train.", rich_help_panel=DATA)]
 DownloadOption = Annotated[
     bool, typer.Option("--download/--no-download", help="Download a missing named data set.", rich_help_panel=DATA)
 ]
-LimitOption = Annotated[
-    int | None, typer.Option(help="Use a seeded random subset of N images.", rich_help_panel=DATA)
-]
+LimitOption = Annotated[int | None, typer.Option(help="Use a seeded random subset of N images.", rich_help_panel=DATA)]
 SeedOption = Annotated[int, typer.Option(help="Seed for the subset and the bootstrap.", rich_help_panel=DATA)]
 BatchSizeOption = Annotated[int, typer.Option(help="Images per batch.", rich_help_panel=DATA)]
 
 ScaleOption = Annotated[
-    float | None, typer.Option(help="Multiply raw 0..255 pixels by this (1/255 maps to [0, 1]).", rich_help_panel=PREPROCESSING)
+    float | None,
+    typer.Option(help="Multiply raw 0..255 pixels by this (1/255 maps to [0, 1]).", rich_help_panel=PREPROCESSING),
 ]
 MeanOption = Annotated[
-    str | None, typer.Option(help="Per-channel mean subtracted after scaling, e.g. 0.49,0.48,0.45.", rich_help_panel=PREPROCESSING)
+    str | None,
+    typer.Option(help="Per-channel mean subtracted after scaling, e.g. 0.49,0.48,0.45.", rich_help_panel=PREPROCESSING),
 ]
 StdOption = Annotated[
-    str | None, typer.Option(help="Per-channel std divided by after the mean, e.g. 0.25,0.24,0.26.", rich_help_panel=PREPROCESSING)
+    str | None,
+    typer.Option(help="Per-channel std divided by after the mean, e.g. 0.25,0.24,0.26.", rich_help_panel=PREPROCESSING),
 ]
 LayoutOption = Annotated[
-    str | None, typer.Option(help="Model input layout: NCHW or NHWC (default: from the model).", rich_help_panel=PREPROCESSING)
+    str | None,
+    typer.Option(help="Model input layout: NCHW or NHWC (default: from the model).", rich_help_panel=PREPROCESSING),
 ]
 SizeOption = Annotated[
-    str | None, typer.Option(help="Resize images to H,W (needed when the data's size differs from the model's).",
-                             rich_help_panel=PREPROCESSING)
+    str | None,
+    typer.Option(
+        help="Resize images to H,W (needed when the data's size differs from the model's).",
+        rich_help_panel=PREPROCESSING,
+    ),
 ]
 ChannelsOption = Annotated[
     int | None, typer.Option(help="Convert images to 1 (grayscale) or 3 (RGB) channels.", rich_help_panel=PREPROCESSING)
 ]
 
 JsonOption = Annotated[
-    Path | None, typer.Option("--json", help="Write the full report as JSON (schema: docs/json-schema.md).",
-                              rich_help_panel=OUTPUT)
+    Path | None,
+    typer.Option("--json", help="Write the full report as JSON (schema: docs/json-schema.md).", rich_help_panel=OUTPUT),
 ]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.", rich_help_panel=OUTPUT)]
 QuietOption = Annotated[
-    bool, typer.Option("--quiet", "-q", help="Print only the verdict (and errors); no tables or progress bars.",
-                       rich_help_panel=OUTPUT)
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="Print only the verdict (and errors); no tables or progress bars.", rich_help_panel=OUTPUT
+    ),
 ]
 
 
@@ -123,6 +134,8 @@ def providers_for(device: str) -> tuple[str, ...] | None:
         return ("CPUExecutionProvider",)
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise UsageError("--device cuda needs onnxruntime-gpu with a visible GPU; install onnxruntime-gpu or use cpu")
+            raise UsageError(
+                "--device cuda needs onnxruntime-gpu with a visible GPU; install onnxruntime-gpu or use cpu"
+            )
         return ("CUDAExecutionProvider", "CPUExecutionProvider")
     raise UsageError(f"--device must be auto, cpu or cuda, not {device!r}")

@@ -35,7 +35,10 @@ def model_table(report: InspectReport) -> Table:
             ("file", m.path),
             ("format", f"{m.format}, opset {m.opset}, IR {m.ir_version}, {m.producer}"),
             ("input", f"{m.input.name} {_shape(m.input.shape)} {m.input.dtype} (batch {batch})"),
-            ("output", f"{m.output.name} {_shape(m.output.shape)}" + (f", {m.num_classes} classes" if m.num_classes else "")),
+            (
+                "output",
+                f"{m.output.name} {_shape(m.output.shape)}" + (f", {m.num_classes} classes" if m.num_classes else ""),
+            ),
             ("graph", f"{m.node_count} nodes, {m.parameters:,} parameters, {m.file_bytes / 1e6:.2f} MB"),
         ],
     )
@@ -50,12 +53,21 @@ def layer_table(report: InspectReport) -> Table:
         "Audited layer",
         [
             ("node", f"{layer.name} ({layer.op_type}, {layer.distance} node(s) from the input)"),
-            ("kernels", f"{layer.out_channels} x {layer.in_channels // layer.group} x "
-                        f"{' x '.join(map(str, layer.kernel_shape))}, group {layer.group}, stride {list(layer.strides)}"),
-            ("weights", f"{layer.weight_dtype}, {source.kind} {source.stored_name!r}{through}"
-                        + (", bias" if layer.has_bias else ", no bias")),
-            ("drop", f"{report.scoring.drop_mode}: channel mask on {site.tensor!r}"
-                     + (f" after {', '.join(site.passed)}" if site.passed else "")),
+            (
+                "kernels",
+                f"{layer.out_channels} x {layer.in_channels // layer.group} x "
+                f"{' x '.join(map(str, layer.kernel_shape))}, group {layer.group}, stride {list(layer.strides)}",
+            ),
+            (
+                "weights",
+                f"{layer.weight_dtype}, {source.kind} {source.stored_name!r}{through}"
+                + (", bias" if layer.has_bias else ", no bias"),
+            ),
+            (
+                "drop",
+                f"{report.scoring.drop_mode}: channel mask on {site.tensor!r}"
+                + (f" after {', '.join(site.passed)}" if site.passed else ""),
+            ),
         ],
     )
 
@@ -76,8 +88,11 @@ def data_table(report: InspectReport) -> Table:
             ("images", subset),
             ("scale", f"{p.scale:.6g} [{src.get('scale', '')}]"),
             ("mean / std", f"{fmt(p.mean)} / {fmt(p.std)} [{src.get('mean', '')}]"),
-            ("input", f"{p.layout} {p.size[0]}x{p.size[1]}x{p.channels} {p.input_dtype} "
-                      f"[layout: {src.get('layout', '')}; size: {src.get('size', '')}]"),
+            (
+                "input",
+                f"{p.layout} {p.size[0]}x{p.size[1]}x{p.channels} {p.input_dtype} "
+                f"[layout: {src.get('layout', '')}; size: {src.get('size', '')}]",
+            ),
         ],
     )
 
@@ -86,13 +101,21 @@ def kernel_table(report: InspectReport, top: int | None = None) -> Table:
     """Per-kernel scores sorted by accuracy, S (fragile) / S' (null) marked."""
     s = report.scoring
     table = Table(
-        title=f"Kernels by accuracy with the kernel dropped (baseline {s.baseline_accuracy:.2%}, mean {s.mean_accuracy:.2%})",
+        title=f"Kernels by accuracy with the kernel dropped "
+        f"(baseline {s.baseline_accuracy:.2%}, mean {s.mean_accuracy:.2%})",
         title_justify="left",
     )
     for name, justify in [
-        ("kernel", "right"), ("set", "center"), ("accuracy", "right"), ("Δ points", "right"),
-        ("changed", "right"), ("✓→✗", "right"), ("✗→✓", "right"), ("p (Holm)", "right"),
-        ("side stable", "right"), ("‖w‖", "right"),
+        ("kernel", "right"),
+        ("set", "center"),
+        ("accuracy", "right"),
+        ("Δ points", "right"),
+        ("changed", "right"),
+        ("✓→✗", "right"),
+        ("✗→✓", "right"),
+        ("p (Holm)", "right"),
+        ("side stable", "right"),
+        ("‖w‖", "right"),
     ]:
         table.add_column(name, justify=justify)
     rows = sorted(zip(s.kernels, report.holm_p_values, strict=True), key=lambda kp: (kp[0].accuracy, kp[0].index))
@@ -101,9 +124,16 @@ def kernel_table(report: InspectReport, top: int | None = None) -> Table:
         mark = Text("S", style="bold red") if k.fragile else Text("S'", style="green")
         p_text = "<0.001" if holm < 0.001 else f"{holm:.3f}"
         table.add_row(
-            str(k.index), mark, f"{k.accuracy:.2%}", f"{k.delta * 100:+.2f}", f"{k.changed_predictions:.1%}",
-            str(k.correct_to_wrong), str(k.wrong_to_correct), Text(p_text, style="bold" if holm < 0.05 else "dim"),
-            f"{k.split_stability:.0%}", f"{k.weight_norm:.3g}",
+            str(k.index),
+            mark,
+            f"{k.accuracy:.2%}",
+            f"{k.delta * 100:+.2f}",
+            f"{k.changed_predictions:.1%}",
+            str(k.correct_to_wrong),
+            str(k.wrong_to_correct),
+            Text(p_text, style="bold" if holm < 0.05 else "dim"),
+            f"{k.split_stability:.0%}",
+            f"{k.weight_norm:.3g}",
         )
     if top is not None and len(rows) > top:
         table.caption = f"{len(rows) - top} more kernel(s) not shown (--top)"

@@ -55,9 +55,7 @@ def download_file(
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, temp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     except OSError as exc:
-        raise DataError(
-            f"cannot write to {dest.parent}: {exc.strerror or exc}; choose a writable data folder"
-        ) from exc
+        raise DataError(f"cannot write to {dest.parent}: {exc.strerror or exc}; choose a writable data folder") from exc
     temp = Path(temp_name)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -15,9 +15,7 @@ from PIL import Image
 from kernelscope.data.dataset import ImageDataset
 from kernelscope.errors import DataError
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 """File suffixes (lower case) treated as images; other files in class folders are ignored."""
 
 # Pillow modes without colour information; everything else (RGB, RGBA, CMYK, YCbCr, ...) is colour.
@@ -111,9 +109,7 @@ def _scan_tar(archive: Path) -> tuple[list[str], list[_Entry]]:
                     if handle is not None:
                         members[("/".join(parts[:-1]), parts[-1])] = handle.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise DataError(
-            f"cannot read {archive} as a tar file ({exc}); check that it is a complete .tar"
-        ) from exc
+        raise DataError(f"cannot read {archive} as a tar file ({exc}); check that it is a complete .tar") from exc
     by_class = _group_by_class(members, archive)
     classes = sorted(by_class)
     entries = [
@@ -124,23 +120,17 @@ def _scan_tar(archive: Path) -> tuple[list[str], list[_Entry]]:
     return classes, entries
 
 
-def _group_by_class(
-    members: dict[tuple[str, str], bytes], archive: Path
-) -> dict[str, list[tuple[str, str, bytes]]]:
+def _group_by_class(members: dict[tuple[str, str], bytes], archive: Path) -> dict[str, list[tuple[str, str, bytes]]]:
     """Group tar images by class: the member's folder, minus a top folder that all members share."""
     if not members:
-        raise DataError(
-            f"{archive} holds no images in <class>/<file> members; build it with one folder per class"
-        )
+        raise DataError(f"{archive} holds no images in <class>/<file> members; build it with one folder per class")
     folders = {folder for folder, _ in members}
     prefix = _common_top(folders)
     by_class: dict[str, list[tuple[str, str, bytes]]] = {}
     for (folder, file), data in sorted(members.items()):
         name = folder[len(prefix) :] if prefix else folder
         if not name or "/" in name:
-            raise DataError(
-                f"{archive} member {folder}/{file} is not <class>/<file>; use one folder level per class"
-            )
+            raise DataError(f"{archive} member {folder}/{file} is not <class>/<file>; use one folder level per class")
         by_class.setdefault(name, []).append((folder, file, data))
     return by_class
 

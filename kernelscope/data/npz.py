@@ -26,9 +26,7 @@ def load_npz(path: Path | str) -> ImageDataset:
     images = _normalise_images(_to_nhwc(x, path), path)
     labels, num_classes = _normalise_labels(y, path)
     if labels.shape[0] != images.shape[0]:
-        raise DataError(
-            f"{path}: x has {images.shape[0]} images but y has {labels.shape[0]} labels; make them match"
-        )
+        raise DataError(f"{path}: x has {images.shape[0]} images but y has {labels.shape[0]} labels; make them match")
     if images.shape[0] == 0:
         raise DataError(f"{path} holds no examples (x and y are empty); export at least one image")
     return ImageDataset(
@@ -49,9 +47,7 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"cannot read {path} as a .npz file ({exc}); save it with numpy.savez") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(
-            f"{path} holds a single array, not x and y; save it with numpy.savez(path, x=..., y=...)"
-        )
+        raise DataError(f"{path} holds a single array, not x and y; save it with numpy.savez(path, x=..., y=...)")
     with archive:
         keys = set(archive.files)
         missing = [key for key in ("x", "y") if key not in keys]
@@ -93,8 +89,7 @@ def _normalise_images(x: np.ndarray, path: Path) -> np.ndarray:
     if x.dtype == np.bool_ or np.issubdtype(x.dtype, np.integer):
         if x.size and (x.min() < 0 or x.max() > _MAX_PIXEL):
             raise DataError(
-                f"{path}: x holds integers outside 0..255 (min {x.min()}, max {x.max()});"
-                " store raw 0..255 pixels"
+                f"{path}: x holds integers outside 0..255 (min {x.min()}, max {x.max()}); store raw 0..255 pixels"
             )
         return np.ascontiguousarray(x, dtype=np.uint8)
     if not np.issubdtype(x.dtype, np.floating):
@@ -108,8 +103,7 @@ def _normalise_images(x: np.ndarray, path: Path) -> np.ndarray:
     if low < 0 or high > _MAX_PIXEL:
         # Normalised (mean/std) pixels would be silently misread; the model's preprocessing belongs elsewhere.
         raise DataError(
-            f"{path}: x holds values from {low:g} to {high:g}; store raw pixels in [0,1] or 0..255,"
-            " not normalised ones"
+            f"{path}: x holds values from {low:g} to {high:g}; store raw pixels in [0,1] or 0..255, not normalised ones"
         )
     if high <= 1.0:
         pixels = pixels * np.float32(_MAX_PIXEL)

@@ -10,6 +10,7 @@ unpickler that only resolves the few globals a numpy array needs; anything else 
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import importlib
 import io
@@ -122,7 +123,7 @@ def load_official(
         if not download:
             raise DataError(
                 f"{name} {split} split: cannot find {_describe(name, missing)} in {_join(roots)}; download"
-                f" {_plural(missing)} from {MIRRORS[name][0]} and put {_plural(missing)} in {target}"
+                f" {_plural(missing)} from {_url(name, missing)} and put {_plural(missing)} in {target}"
                 " (downloading is turned off)"
             )
         _fetch(name, split, missing, target, on_progress)
@@ -210,9 +211,7 @@ def restricted_loads(data: bytes, *, what: str = "pickle") -> Any:
     except DataError as exc:
         raise DataError(f"{what}: {exc}") from exc
     except Exception as exc:
-        raise DataError(
-            f"{what} is not a valid CIFAR-10 batch ({type(exc).__name__}: {exc}); re-download it"
-        ) from exc
+        raise DataError(f"{what} is not a valid CIFAR-10 batch ({type(exc).__name__}: {exc}); re-download it") from exc
 
 
 # ------------------------------------------------------------------------------------------------ lookup
@@ -303,23 +302,25 @@ def _mnist_flavour(folder: Path) -> str:
             for name, table in IDX_MD5.items():
                 if table[labels.name] == digest:
                     return name
-    return (
-        "fashion-mnist"
-        if "fashion" in folder.name.lower() or "fashion" in folder.parent.name.lower()
-        else "mnist"
-    )
+    return "fashion-mnist" if "fashion" in folder.name.lower() or "fashion" in folder.parent.name.lower() else "mnist"
 
 
 def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK | os.X_OK)
+    """Whether ``folder`` could be created and written, judged without creating anything."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
 
 
 def _join(paths: Sequence[Path]) -> str:
     return ", ".join(str(path) for path in paths)
+
+
+def _url(name: str, files: Sequence[str]) -> str:
+    """Where to get ``files`` by hand: the file's own URL when there is one, else the mirror folder."""
+    base = MIRRORS[name][0]
+    return base + files[0] if len(files) == 1 else base
 
 
 def _plural(files: Sequence[str]) -> str:
@@ -329,9 +330,7 @@ def _plural(files: Sequence[str]) -> str:
 # --------------------------------------------------------------------------------------------- download
 
 
-def _fetch(
-    name: str, split: str, files: Sequence[str], target: Path, on_progress: ProgressCallback | None
-) -> None:
+def _fetch(name: str, split: str, files: Sequence[str], target: Path, on_progress: ProgressCallback | None) -> None:
     """Download ``files`` of ``name`` into ``target``, trying each mirror in turn."""
     md5s = {CIFAR_ARCHIVE: CIFAR_ARCHIVE_MD5, **IDX_MD5.get(name, {})}
     mirrors = MIRRORS[name]
@@ -349,7 +348,7 @@ def _fetch(
         if failure is not None:
             raise DataError(
                 f"{name} {split} split: could not download {', '.join(files)} ({failure}); download"
-                f" {_plural(files)} from {mirrors[0]} and put {_plural(files)} in {target}"
+                f" {_plural(files)} from {_url(name, files)} and put {_plural(files)} in {target}"
             ) from failure
 
 
@@ -383,9 +382,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if submodule is None:
             return getattr(np, attribute)
         if submodule == "_codecs":
-            import _codecs
-
-            return _codecs.encode
+            return codecs.encode
         return getattr(_numpy_internal(submodule), attribute)
 
 
@@ -407,11 +404,7 @@ def _read_cifar_folder(folder: Path, split: str) -> ImageDataset:
         path = folder / batch
         batches.append(_parse_batch(restricted_loads(_read_bytes(path), what=str(path)), str(path)))
     meta = folder / _CIFAR_META
-    names = (
-        _parse_meta(restricted_loads(_read_bytes(meta), what=str(meta)), str(meta))
-        if meta.is_file()
-        else None
-    )
+    names = _parse_meta(restricted_loads(_read_bytes(meta), what=str(meta)), str(meta)) if meta.is_file() else None
     return _cifar_dataset(batches, names, folder)
 
 
@@ -442,9 +435,7 @@ def _read_cifar_archive(archive: Path, split: str) -> ImageDataset:
         for batch in _CIFAR_BATCHES[split]
     ]
     meta = contents.get(_CIFAR_META)
-    names = (
-        _parse_meta(restricted_loads(meta, what=f"{archive}:{_CIFAR_META}"), str(archive)) if meta else None
-    )
+    names = _parse_meta(restricted_loads(meta, what=f"{archive}:{_CIFAR_META}"), str(archive)) if meta else None
     return _cifar_dataset(batches, names, archive)
 
 
@@ -464,9 +455,7 @@ def _parse_batch(batch: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     """(images (N,32,32,3) uint8, labels (N,) int64) from one unpickled batch dict."""
     side = _CIFAR_SIDE
     if not isinstance(batch, dict):
-        raise DataError(
-            f"{where} is not a CIFAR-10 batch (holds {type(batch).__name__}, not a dict); re-download it"
-        )
+        raise DataError(f"{where} is not a CIFAR-10 batch (holds {type(batch).__name__}, not a dict); re-download it")
     data, labels = _field(batch, "data"), _field(batch, "labels")
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * side * side:
         raise DataError(f"{where} has no 'data' array of shape (N, {3 * side * side}); re-download it")
@@ -476,9 +465,7 @@ def _parse_batch(batch: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
     except (TypeError, ValueError) as exc:
         raise DataError(f"{where} has unreadable 'data' or 'labels' ({exc}); re-download it") from exc
     if label_array.shape[0] != data.shape[0]:
-        raise DataError(
-            f"{where} has {data.shape[0]} images but {label_array.shape[0]} labels; re-download it"
-        )
+        raise DataError(f"{where} has {data.shape[0]} images but {label_array.shape[0]} labels; re-download it")
     _check_labels(label_array, where)
     # Stored as N rows of 1024 red, 1024 green, 1024 blue values (row-major): CHW -> HWC.
     images = pixels.reshape(-1, 3, side, side).transpose(0, 2, 3, 1)
@@ -510,8 +497,7 @@ def _cifar_dataset(
 def _check_labels(labels: np.ndarray, where: str) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= _NUM_CLASSES):
         raise DataError(
-            f"{where} has labels outside 0..{_NUM_CLASSES - 1} (min {labels.min()}, max {labels.max()});"
-            " re-download it"
+            f"{where} has labels outside 0..{_NUM_CLASSES - 1} (min {labels.min()}, max {labels.max()}); re-download it"
         )
 
 
@@ -525,8 +511,7 @@ def read_idx(path: Path | str, magic: int) -> np.ndarray:
     if len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic:
         found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
         raise DataError(
-            f"{path} is not an idx file of the expected kind (magic number {found}, expected {magic});"
-            " re-download it"
+            f"{path} is not an idx file of the expected kind (magic number {found}, expected {magic}); re-download it"
         )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim

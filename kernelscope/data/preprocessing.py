@@ -105,7 +105,9 @@ def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     for i, image in enumerate(pixels):
         for c in range(image.shape[2]):
             plane = image[..., c]
-            mode_image = Image.fromarray(plane) if plane.dtype == np.uint8 else Image.fromarray(plane.astype(np.float32))
+            mode_image = (
+                Image.fromarray(plane) if plane.dtype == np.uint8 else Image.fromarray(plane.astype(np.float32))
+            )
             out[i, ..., c] = np.asarray(mode_image.resize((width, height), Image.BILINEAR))
     return out
 
@@ -129,7 +131,9 @@ def _per_channel(values: tuple[float, ...], channels: int, what: str) -> tuple[f
     if len(values) == 1:
         return tuple(values) * channels
     if len(values) != channels:
-        raise UsageError(f"{what} has {len(values)} values but the model takes {channels} channels; give 1 or {channels}")
+        raise UsageError(
+            f"{what} has {len(values)} values but the model takes {channels} channels; give 1 or {channels}"
+        )
     return tuple(values)
 
 
@@ -226,7 +230,9 @@ def _pick_size(option, model_size, meta_size, dataset: ImageDataset) -> tuple[tu
     if option is not None:
         size = (int(option[0]), int(option[1]))
         if model_size is not None and size != model_size:
-            raise UsageError(f"--size {size[0]},{size[1]} contradicts the model's input size {model_size[0]}x{model_size[1]}")
+            raise UsageError(
+                f"--size {size[0]},{size[1]} contradicts the model's input size {model_size[0]}x{model_size[1]}"
+            )
         return size, "option"
     if model_size is not None:
         if data_size != model_size:
@@ -254,7 +260,9 @@ def _pick_channels(option, model_channels, meta_channels, dataset: ImageDataset)
         if model_channels is not None and option != model_channels:
             raise UsageError(f"--channels {option} contradicts the model's {model_channels} input channels")
         return int(option), "option"
-    want, source = (model_channels, "model input shape") if model_channels is not None else (meta_channels, "model metadata")
+    want, source = (
+        (model_channels, "model input shape") if model_channels is not None else (meta_channels, "model metadata")
+    )
     if want is None:
         return have, "data"
     if int(want) != have:

@@ -75,9 +75,7 @@ def resolve_name(spec: str) -> str | None:
     return ALIASES.get(spec.strip().lower())
 
 
-def _load_directory(
-    path: Path, *, split: str, size: tuple[int, int] | None, channels: int | None
-) -> ImageDataset:
+def _load_directory(path: Path, *, split: str, size: tuple[int, int] | None, channels: int | None) -> ImageDataset:
     official = detect_official(path)
     if official is not None:
         return load_official_folder(official, path, split=split)
@@ -92,14 +90,10 @@ def _split_child(path: Path, split: str) -> Path | None:
     tar = path / f"{split}.tar"
     if tar.is_file():
         return tar
-    subdirs = {
-        child.name.lower() for child in path.iterdir() if child.is_dir() and not child.name.startswith(".")
-    }
+    subdirs = {child.name.lower() for child in path.iterdir() if child.is_dir() and not child.name.startswith(".")}
     if (path / split).is_dir() and subdirs <= _SPLIT_FOLDERS:
         return path / split
-    tars = {
-        child.name.lower() for child in path.iterdir() if child.is_file() and child.suffix.lower() == ".tar"
-    }
+    tars = {child.name.lower() for child in path.iterdir() if child.is_file() and child.suffix.lower() == ".tar"}
     if not subdirs and tars:
         raise DataError(
             f"{path} has no {split}.tar (it holds {', '.join(sorted(tars))}); pick another split or"

@@ -212,9 +212,7 @@ def _torchscript_to_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tup
             raise ModelError(f"{path}: its {TORCHSCRIPT_EXTRA} must be a JSON object")
     shape = input_shape or extra.get("input_shape")
     if not shape:
-        raise UsageError(
-            f"{path} does not record its input shape; pass --input-shape, e.g. --input-shape 1,3,32,32"
-        )
+        raise UsageError(f"{path} does not record its input shape; pass --input-shape, e.g. --input-shape 1,3,32,32")
     try:
         shape = tuple(int(s) for s in shape)
     except (TypeError, ValueError):
@@ -315,7 +313,11 @@ def _describe(path: Path, fmt: str, proto: onnx.ModelProto, extra: dict) -> Load
     outputs = [_tensor_info(v) for v in proto.graph.output]
     metadata = {entry.key: entry.value for entry in proto.metadata_props}
     parsed: dict[str, object] = {}
-    for key, short in ((META_PREPROCESSING, "preprocessing"), (META_DATASET, "dataset"), (META_CLASS_NAMES, "class_names")):
+    for key, short in (
+        (META_PREPROCESSING, "preprocessing"),
+        (META_DATASET, "dataset"),
+        (META_CLASS_NAMES, "class_names"),
+    ):
         if key in metadata:
             value = metadata[key]
             if short == "dataset":

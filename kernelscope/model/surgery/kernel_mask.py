@@ -108,9 +108,8 @@ def find_mask_site(proto: onnx.ModelProto, layer: ConvLayer, mode: str, elem_typ
             node = _single_consumer(index, current, outputs)
             if node is None:
                 break
-            if node.op_type == "BatchNormalization" and node.input[0] == current:
-                step(node)
-            elif _is_channel_bias(index, node, current):
+            is_bn = node.op_type == "BatchNormalization" and node.input[0] == current
+            if is_bn or _is_channel_bias(index, node, current):
                 step(node)
             elif node.op_type == "QuantizeLinear":
                 after = _single_consumer(index, node.output[0], outputs)
@@ -125,7 +124,9 @@ def find_mask_site(proto: onnx.ModelProto, layer: ConvLayer, mode: str, elem_typ
                 break
     elem_type = elem_types.get(current, TensorProto.UNDEFINED)
     if elem_type == TensorProto.UNDEFINED:
-        elem_type = TensorProto.INT32 if current == layer.output and layer.op_type == "ConvInteger" else TensorProto.FLOAT
+        elem_type = (
+            TensorProto.INT32 if current == layer.output and layer.op_type == "ConvInteger" else TensorProto.FLOAT
+        )
     quant = None
     if elem_type in (TensorProto.UINT8, TensorProto.INT8):
         producer = index.node(index.producer[current])
@@ -170,21 +171,32 @@ def insert_kernel_mask(proto: onnx.ModelProto, site: MaskSite, out_channels: int
 
     def make(op: str, inputs: list, attrs: dict | None = None, dtype=None) -> gs.Variable:
         out = gs.Variable(f"kernelscope_{op.lower()}_{len(nodes)}", dtype=dtype)
-        nodes.append(gs.Node(op=op, name=f"kernelscope_{op}_{len(nodes)}", inputs=inputs, outputs=[out], attrs=attrs or {}))
+        nodes.append(
+            gs.Node(op=op, name=f"kernelscope_{op}_{len(nodes)}", inputs=inputs, outputs=[out], attrs=attrs or {})
+        )
         return out
 
     if site.quant_params is not None:
         scale, zero = (tensors[name] for name in site.quant_params)
         values = make("DequantizeLinear", [target, scale, zero], dtype=np.float32)
         masked = make("Mul", [values, mask], dtype=np.float32)
-        masked = make("QuantizeLinear", [masked, scale, zero], dtype=onnx.helper.tensor_dtype_to_np_dtype(site.elem_type))
+        masked = make(
+            "QuantizeLinear", [masked, scale, zero], dtype=onnx.helper.tensor_dtype_to_np_dtype(site.elem_type)
+        )
     else:
         np_type = onnx.helper.tensor_dtype_to_np_dtype(site.elem_type)
         factor = mask if site.elem_type == TensorProto.FLOAT else make("Cast", [mask], {"to": site.elem_type}, np_type)
         masked = make("Mul", [target, factor], dtype=np_type)
     shape = make("Shape", [target], dtype=np.int64)
-    tail = make("Gather", [shape, gs.Constant("kernelscope_chw_axes", np.array([1, 2, 3], dtype=np.int64))], {"axis": 0}, np.int64)
-    new_shape = make("Concat", [gs.Constant("kernelscope_minus_one", np.array([-1], dtype=np.int64)), tail], {"axis": 0}, np.int64)
+    tail = make(
+        "Gather",
+        [shape, gs.Constant("kernelscope_chw_axes", np.array([1, 2, 3], dtype=np.int64))],
+        {"axis": 0},
+        np.int64,
+    )
+    new_shape = make(
+        "Concat", [gs.Constant("kernelscope_minus_one", np.array([-1], dtype=np.int64)), tail], {"axis": 0}, np.int64
+    )
     batched = make("Reshape", [masked, new_shape], dtype=masked.dtype)
     graph.nodes.extend(nodes)
     for consumer in consumers:

@@ -1,0 +1,173 @@
+"""The command line: exit codes, one-line errors, the JSON contract."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from builders import conv_classifier, random_npz, save
+from onnx import TensorProto, helper
+
+from kernelscope.cli.app import main
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    return save(conv_classifier(out_channels=5, seed=2), tmp_path / "model.onnx")
+
+
+@pytest.fixture
+def npz_path(tmp_path):
+    return random_npz(tmp_path / "data.npz", n=50)
+
+
+def _run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_one_line_error(err: str):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("kernelscope: error:")
+    assert "Traceback" not in err
+
+
+def test_inspect_json_contract(capsys, tmp_path, model_path, npz_path):
+    report = tmp_path / "r.json"
+    code, out, err = _run(capsys, "inspect", model_path, "--data", npz_path, "--json", report, "--bootstrap", 100)
+    assert code == 0, err
+    assert "Verdict" in out
+    doc = json.loads(report.read_text())
+    assert doc["schema_version"] == 1
+    assert doc["kernelscope_version"]
+    assert doc["model"]["format"] == "onnx" and doc["model"]["opset"] == 13 and doc["model"]["path"] == str(model_path)
+    assert doc["layer"] | {} == doc["layer"]
+    assert {k: doc["layer"][k] for k in ("name", "in_channels", "out_channels", "kernel_shape")} == {
+        "name": "first_conv",
+        "in_channels": 3,
+        "out_channels": 5,
+        "kernel_shape": [3, 3],
+    }
+    pre = doc["data"]["preprocessing"]
+    assert doc["data"]["n"] == 50
+    assert pre["layout"] == "NCHW" and pre["size"] == [8, 8] and pre["channels"] == 3
+    assert pre["scale"] == pytest.approx(1 / 255) and pre["mean"] == [0, 0, 0] and pre["std"] == [1, 1, 1]
+    assert doc["drop_mode"] == "weights"
+    assert 0 <= doc["baseline_accuracy"] <= 1
+    assert [k["index"] for k in doc["kernels"]] == list(range(5))
+    mean = np.mean([k["accuracy"] for k in doc["kernels"]])
+    assert doc["fragile"] == [k["index"] for k in doc["kernels"] if k["accuracy"] < mean]
+    assert sorted(doc["fragile"] + doc["null"]) == list(range(5))
+    assert all(k["fragile"] == (k["index"] in doc["fragile"]) for k in doc["kernels"])
+    assert all(0 <= k["p_value"] <= 1 for k in doc["kernels"])
+
+
+def test_same_seed_gives_identical_json_without_timings(capsys, tmp_path, model_path, npz_path):
+    docs = []
+    for name in ("a.json", "b.json"):
+        code, _, err = _run(
+            capsys, "inspect", model_path, "-d", npz_path, "--limit", 30, "--seed", 3, "--json", tmp_path / name, "-q"
+        )
+        assert code == 0, err
+        doc = json.loads((tmp_path / name).read_text())
+        doc.pop("timings")
+        docs.append(doc)
+    assert docs[0] == docs[1]
+    assert docs[0]["data"]["n"] == 30
+
+
+def test_not_an_onnx_file(capsys, tmp_path, npz_path):
+    bogus = tmp_path / "notes.onnx"
+    bogus.write_text("this is a text file\n")
+    code, _, err = _run(capsys, "inspect", bogus, "--data", npz_path)
+    assert code == 2
+    _assert_one_line_error(err)
+    assert "not a readable ONNX model" in err
+
+
+def test_model_without_conv(capsys, tmp_path, npz_path):
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["image"], ["p"]), helper.make_node("Flatten", ["p"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+    )
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "noconv.onnx")
+    code, _, err = _run(capsys, "inspect", path, "--data", npz_path)
+    assert code == 2
+    _assert_one_line_error(err)
+    assert "no Conv layer" in err
+
+
+@pytest.mark.parametrize(
+    ("make_data", "message"),
+    [
+        (lambda p: random_npz(p, size=6), "the images are 6x6 but the model takes 8x8"),
+        (lambda p: random_npz(p, channels=1), "the images have 1 channel but the model takes 3"),
+        (lambda p: random_npz(p, classes=9), "but the model outputs only 4 classes"),
+    ],
+)
+def test_data_that_does_not_fit(capsys, tmp_path, model_path, make_data, message):
+    data = make_data(tmp_path / "bad.npz")
+    code, _, err = _run(capsys, "inspect", model_path, "--data", data)
+    assert code == 2
+    _assert_one_line_error(err)
+    assert message in err
+
+
+def test_conversion_options_make_mismatched_data_fit(capsys, tmp_path, model_path):
+    data = random_npz(tmp_path / "gray6.npz", size=6, channels=1)
+    code, _, err = _run(capsys, "inspect", model_path, "--data", data, "--size", "8,8", "--channels", 3, "-q")
+    assert code == 0, err
+
+
+def test_usage_errors(capsys, model_path, npz_path, tmp_path):
+    for args, message in [
+        (["--limit", 0], "--limit must be a positive"),
+        (["--drop", "neurons"], "--drop must be"),
+        (["--mean", "a,b"], "--mean must be numbers"),
+        (["--size", "8"], "--size needs 2 integers"),
+        (["--json", tmp_path / "missing" / "r.json"], "does not exist"),
+        (["--json", model_path], "is the input file"),
+        (["--layer", "relu"], "is a Relu node"),
+        (["--output", "nope"], "no output named"),
+    ]:
+        code, _, err = _run(capsys, "inspect", model_path, "--data", npz_path, *args)
+        assert code == 2, args
+        _assert_one_line_error(err)
+        assert message in err, (args, err)
+
+
+def test_existing_output_needs_force(capsys, tmp_path, model_path, npz_path):
+    report = tmp_path / "r.json"
+    report.write_text("keep me")
+    code, _, err = _run(capsys, "inspect", model_path, "--data", npz_path, "--json", report)
+    assert code == 2 and "--force" in err
+    assert report.read_text() == "keep me"
+    code, _, err = _run(capsys, "inspect", model_path, "--data", npz_path, "--json", report, "--force", "-q")
+    assert code == 0 and json.loads(report.read_text())["schema_version"] == 1
+
+
+def test_min_accuracy_gate_exits_1(capsys, model_path, npz_path):
+    code, _, err = _run(capsys, "inspect", model_path, "--data", npz_path, "--min-accuracy", 0.99, "-q")
+    assert code == 1
+    assert "below --min-accuracy" in err
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    bogus = tmp_path / "random.onnx"
+    bogus.write_bytes(np.random.default_rng(0).integers(0, 256, 2048, dtype=np.uint8).tobytes())
+    proc = subprocess.run(
+        [sys.executable, "-m", "kernelscope", "inspect", str(bogus), "--data", "cifar10", "--no-download"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

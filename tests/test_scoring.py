@@ -1,0 +1,65 @@
+"""Exact scoring against a direct computation: the same model with kernel k's weights zeroed."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from builders import conv_classifier
+from onnx import numpy_helper
+
+from kernelscope.data.dataset import ImageDataset
+from kernelscope.data.preprocessing import PreparedData, resolve_preprocessing
+from kernelscope.model.first_conv import find_conv
+from kernelscope.scoring import KernelDropRunner, plan_groups, score_kernels
+
+
+def _direct_accuracy(model: onnx.ModelProto, kernel: int | None, x: np.ndarray, y: np.ndarray) -> float:
+    edited = onnx.ModelProto()
+    edited.CopyFrom(model)
+    if kernel is not None:
+        for tensor in edited.graph.initializer:
+            if tensor.name in ("w", "b"):
+                values = numpy_helper.to_array(tensor).copy()
+                values[kernel] = 0
+                tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+    session = ort.InferenceSession(edited.SerializeToString(), providers=["CPUExecutionProvider"])
+    fixed = edited.graph.input[0].type.tensor_type.shape.dim[0].dim_value
+    step = fixed or len(x)
+    preds = np.concatenate([session.run(None, {"image": x[i : i + step]})[0].argmax(1) for i in range(0, len(x), step)])
+    return float(np.mean(preds == y))
+
+
+def _data(n=60, seed=1):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    return ImageDataset("random", images, rng.integers(0, 4, n).astype(np.int64), "test", 4)
+
+
+@pytest.mark.parametrize("batch", ["N", 1])
+@pytest.mark.parametrize("batch_size", [7, 64])
+def test_scores_equal_direct_computation(batch, batch_size):
+    model = conv_classifier(batch=batch, out_channels=6, seed=4)
+    dataset = _data()
+    pre = resolve_preprocessing(input_shape=(batch, 3, 8, 8), input_dtype="float32", metadata=None, dataset=dataset)
+    data = PreparedData(dataset, pre)
+    layer = find_conv(model, "image")
+    runner = KernelDropRunner(model, layer, "image", "logits")
+    result = score_kernels(runner, data, batch_size=batch_size, run_size=64, bootstrap=50)
+    x = pre.to_model_input(dataset.images)
+    assert result.baseline_accuracy == pytest.approx(_direct_accuracy(model, None, x, dataset.labels))
+    for k in range(6):
+        assert result.kernels[k].accuracy == pytest.approx(_direct_accuracy(model, k, x, dataset.labels)), k
+    mean = np.mean([s.accuracy for s in result.kernels])
+    assert result.fragile == [s.index for s in result.kernels if s.accuracy < mean]
+    assert sorted(result.fragile + result.null) == list(range(6))
+    if batch == 1:
+        assert runner.fixed_batch == 1 and runner.batch_made_dynamic
+
+
+def test_variant_groups_cover_every_variant_once():
+    groups = plan_groups(65, 128, 1024)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(65))
+    assert max(len(g) for g in groups) <= 8
+    assert plan_groups(3, 5000, 1024)[0].tolist() == [0] and len(plan_groups(3, 5000, 1024)) == 3
