@@ -142,6 +142,7 @@ def inspect_model(
         metadata=model.kernelscope_metadata.get("preprocessing") or {},
         dataset=dataset,
         options=config.preprocessing,
+        preset=str(model.kernelscope_metadata.get("dataset") or ""),
     )
     data = PreparedData(dataset, preprocessing)
     timings["load_data"] = time.perf_counter() - clock

@@ -3,7 +3,8 @@
 The model sees ``(pixel * scale - mean) / std`` in its layout (NCHW or NHWC), at its size and channel
 count, in its input dtype. Each setting is taken, in this order, from: an explicit option, the model's
 ``kernelscope.preprocessing`` metadata, the model's input shape (layout, size, channels), the data set's
-preset (scale, mean, std for cifar10 / mnist / fashion-mnist), and finally the data itself. Where each
+preset (scale, mean, std for cifar10 / mnist / fashion-mnist; for other data, the preset of the data set
+named by the model's ``kernelscope.dataset`` metadata), and finally the data itself. Where each
 came from is recorded in :attr:`Preprocessing.sources` so reports can say it.
 """
 
@@ -144,6 +145,7 @@ def resolve_preprocessing(
     metadata: Mapping[str, object] | None,
     dataset: ImageDataset,
     options: PreprocessingOptions | None = None,
+    preset: str | None = None,
 ) -> Preprocessing:
     """Decide the preprocessing for ``dataset`` fed to a model with this input (see module docstring).
 
@@ -153,8 +155,9 @@ def resolve_preprocessing(
     options = options or PreprocessingOptions()
     meta = dict(metadata or {})
     sources: dict[str, str] = {}
-    preset_name = dataset.name if dataset.name in PRESETS else None
-    preset = PRESETS.get(dataset.name, {})
+    # The data set's own preset, else the one of the data set the model's metadata says it was trained on.
+    preset_name = dataset.name if dataset.name in PRESETS else preset if preset in PRESETS else None
+    preset_values = PRESETS.get(preset_name or "", {})
 
     # Layout: option > metadata > input shape > NCHW.
     layout = options.layout or meta.get("layout")
@@ -190,9 +193,9 @@ def resolve_preprocessing(
         if options.scale is not None or options.mean is not None or options.std is not None:
             raise UsageError("the model takes uint8 pixels and normalizes them itself; drop --scale/--mean/--std")
     else:
-        scale, sources["scale"] = _pick("scale", options.scale, meta, preset, preset_name, 1 / 255)
-        mean, sources["mean"] = _pick("mean", options.mean, meta, preset, preset_name, (0.0,))
-        std, sources["std"] = _pick("std", options.std, meta, preset, preset_name, (1.0,))
+        scale, sources["scale"] = _pick("scale", options.scale, meta, preset_values, preset_name, 1 / 255)
+        mean, sources["mean"] = _pick("mean", options.mean, meta, preset_values, preset_name, (0.0,))
+        std, sources["std"] = _pick("std", options.std, meta, preset_values, preset_name, (1.0,))
     mean = _per_channel(tuple(float(m) for m in _as_tuple(mean)), channels, "mean")
     std = _per_channel(tuple(float(s) for s in _as_tuple(std)), channels, "std")
     if any(s == 0 for s in std):
