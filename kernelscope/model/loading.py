@@ -231,7 +231,8 @@ def _torchscript_to_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tup
                 dynamo=False,
                 opset_version=TORCHSCRIPT_EXPORT_OPSET,
                 input_names=["input"],
-                dynamic_axes={"input": {0: "batch"}},
+                output_names=["logits"],  # names the first output; any others keep the exporter's names
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             )
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
