@@ -63,3 +63,23 @@ def test_variant_groups_cover_every_variant_once():
     assert sorted(np.concatenate(groups).tolist()) == list(range(65))
     assert max(len(g) for g in groups) <= 8
     assert plan_groups(3, 5000, 1024)[0].tolist() == [0] and len(plan_groups(3, 5000, 1024)) == 3
+
+
+def test_fixed_batch_that_cannot_be_made_dynamic_falls_back_to_single_images():
+    """A Slice that keeps batch entry 0 only is harmless at batch 1 but breaks any larger batch."""
+    model = conv_classifier(batch=1, out_channels=4, seed=6)
+    graph = model.graph
+    gemm = next(n for n in graph.node if n.op_type == "Gemm")
+    gemm.input[0] = "flat_first"
+    for name, value in [("s0", [0]), ("s1", [1]), ("ax", [0])]:
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), name))
+    graph.node.insert(len(graph.node) - 1, onnx.helper.make_node("Slice", ["flat", "s0", "s1", "ax"], ["flat_first"]))
+    dataset = _data(n=20)
+    pre = resolve_preprocessing(input_shape=(1, 3, 8, 8), input_dtype="float32", metadata=None, dataset=dataset)
+    runner = KernelDropRunner(model, find_conv(model, "image"), "image", "logits")
+    assert runner.fixed_batch == 1 and not runner.batchable and not runner.batch_made_dynamic
+    result = score_kernels(runner, PreparedData(dataset, pre), batch_size=8, bootstrap=0)
+    x = pre.to_model_input(dataset.images)
+    for k in range(4):
+        assert result.kernels[k].accuracy == pytest.approx(_direct_accuracy(model, k, x, dataset.labels))
+    assert result.plan.variants_per_run == 1 and result.plan.images_per_run == 1
