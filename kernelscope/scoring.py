@@ -17,9 +17,9 @@ import onnx
 
 from kernelscope.data.preprocessing import PreparedData
 from kernelscope.errors import ModelError
+from kernelscope.model.batching import Batching, fixed_chunks, resolve_batching
 from kernelscope.model.first_conv import ConvLayer
 from kernelscope.model.graph import GraphIndex
-from kernelscope.model.surgery.dynamic_batch import fixed_batch_size, make_batch_dynamic
 from kernelscope.model.surgery.kernel_mask import (
     DROP_MODES,
     MASK_INPUT,
@@ -99,6 +99,7 @@ class KernelDropRunner:
         drop: str = "weights",
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        batching: Batching | None = None,
     ) -> None:
         if drop not in DROP_MODES:
             raise ValueError(f"drop must be one of {DROP_MODES}")
@@ -111,57 +112,24 @@ class KernelDropRunner:
         self.output = output
         self.channels = layer.out_channels
         self.site = find_mask_site(proto, layer, drop, infer_elem_types(proto))
-        self.fixed_batch = fixed_batch_size(proto, image_input)
-        self.batch_made_dynamic = False
-        masked = insert_kernel_mask(proto, self.site, self.channels, output)
+        self.batching = batching or resolve_batching(proto, image_input, output, providers, threads)
+        masked = insert_kernel_mask(self.batching.proto, self.site, self.channels, output)
         self.session = make_session(masked, providers, threads)
-        self.batchable = self.fixed_batch is None
-        if self.fixed_batch is not None:
-            candidate = make_batch_dynamic(proto, image_input)
-            if candidate is not None:
-                self._try_dynamic(candidate, providers, threads)
-        self._input_type = next(i for i in self.session.get_inputs() if i.name == image_input)
 
-    def _try_dynamic(self, candidate: onnx.ModelProto, providers, threads) -> None:
-        """Adopt the dynamic-batch rewrite only if it reproduces the fixed-batch model exactly."""
-        try:
-            session = make_session(
-                insert_kernel_mask(candidate, self.site, self.channels, self.output), providers, threads
-            )
-        except ModelError:
-            return
-        fixed = self.fixed_batch or 1
-        probe = self._probe_input(2 * fixed)
-        masks = np.ones((2, self.channels), dtype=np.float32)
-        masks[1, 0] = 0.0
-        try:
-            batched = session.run([self.output], {self.image_input: probe, MASK_INPUT: _mask5(masks)})[0]
-        except Exception:  # the rewrite does not run: keep the fixed batch
-            return
-        expected = [
-            self.session.run(
-                [self.output], {self.image_input: probe[s : s + fixed], MASK_INPUT: _mask5(masks[v : v + 1])}
-            )[0]
-            for v in range(2)
-            for s in range(0, 2 * fixed, fixed)
-        ]
-        expected_all = np.concatenate(expected, axis=0)
-        if batched.shape != expected_all.shape:
-            return
-        scale = max(1.0, float(np.max(np.abs(expected_all))))
-        if np.max(np.abs(batched.astype(np.float64) - expected_all)) <= 1e-4 * scale:
-            self.session = session
-            self.batchable = True
-            self.batch_made_dynamic = True
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size baked into the model file, if any."""
+        return self.batching.fixed_batch
 
-    def _probe_input(self, n: int) -> np.ndarray:
-        meta = next(i for i in self.session.get_inputs() if i.name == self.image_input)
-        shape = [n] + [d if isinstance(d, int) and d > 0 else 8 for d in meta.shape[1:]]
-        rng = np.random.default_rng(0)
-        if "uint8" in meta.type:
-            return rng.integers(0, 256, size=shape, dtype=np.uint8)
-        dtype = np.float16 if "float16" in meta.type else np.float64 if "double" in meta.type else np.float32
-        return (rng.standard_normal(shape) * 0.5).astype(dtype)
+    @property
+    def batchable(self) -> bool:
+        """Whether variants and images can share runs freely."""
+        return self.batching.batchable
+
+    @property
+    def batch_made_dynamic(self) -> bool:
+        """Whether a fixed batch was removed by (verified) graph surgery."""
+        return self.batching.made_dynamic
 
     def predict(self, x: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """Predicted classes, shape (V, N), of ``x`` under each of the V rows of ``masks`` (1 keep, 0 drop)."""
@@ -173,14 +141,9 @@ class KernelDropRunner:
         fixed = self.fixed_batch or 1
         preds = np.empty((masks.shape[0], x.shape[0]), dtype=np.int64)
         for v in range(masks.shape[0]):
-            for start in range(0, x.shape[0], fixed):
-                chunk = x[start : start + fixed]
-                real = chunk.shape[0]
-                if real < fixed:  # pad the last chunk by repeating its last image
-                    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
-                out = run_checked(
-                    self.session, {self.image_input: chunk, MASK_INPUT: _mask5(masks[v : v + 1])}, self.output
-                )
+            for start, chunk, real in fixed_chunks(x, fixed):
+                feeds = {self.image_input: chunk, MASK_INPUT: _mask5(masks[v : v + 1])}
+                out = run_checked(self.session, feeds, self.output)
                 preds[v, start : start + real] = _argmax(out, 1, fixed)[0, :real]
         return preds
 

@@ -56,3 +56,14 @@ def split_stability(correct: np.ndarray, resamples: int, seed: int, chunk: int =
         agree += (side == full_side).sum(axis=0)
         done += size
     return agree / resamples
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95 % Wilson score interval for a binomial proportion (well-behaved at 0 and 1, unlike Wald's)."""
+    if trials <= 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))

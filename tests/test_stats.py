@@ -31,3 +31,11 @@ def test_split_stability_is_one_for_clear_split_and_low_for_ties():
     stability = split_stability(noisy, 200, seed=0)
     assert stability.min() < 0.95
     assert np.array_equal(stability, split_stability(noisy, 200, seed=0))  # seeded
+
+
+def test_wilson_interval_known_values():
+    from kernelscope.stats import wilson_interval
+
+    low, high = wilson_interval(81, 263)  # textbook example: 0.2553 .. 0.3662
+    assert low == pytest.approx(0.2553, abs=1e-3) and high == pytest.approx(0.3662, abs=1e-3)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
