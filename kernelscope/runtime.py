@@ -45,8 +45,13 @@ def make_session(
 
 def run_checked(session, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
     """Run ``session`` for one output; runtime failures become a one-line :class:`ModelError`."""
+    return run_many(session, feeds, [output])[0]
+
+
+def run_many(session, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+    """Run ``session`` for several outputs; runtime failures become a one-line :class:`ModelError`."""
     try:
-        return session.run([output], feeds)[0]
+        return session.run(list(outputs), feeds)
     except Exception as exc:
         raise ModelError(f"onnxruntime failed while running the model: {_first_line(exc)}") from None
 

@@ -56,9 +56,17 @@ class Preprocessing:
 
     def to_model_input(self, pixels: np.ndarray) -> np.ndarray:
         """Convert a batch of raw pixels (B, H, W, C) into the model's input tensor."""
+        return self.normalize(self.fit(pixels))
+
+    def fit(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw pixels converted to the model's channel count and size (still 0..255, still NHWC)."""
         pixels = _match_channels(pixels, self.channels)
         if pixels.shape[1:3] != self.size:
             pixels = _resize(pixels, self.size)
+        return pixels
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Pixels already at the model's size and channels (B, H, W, C; 0..255) -> the model's input."""
         dtype = np.dtype(self.input_dtype)
         if dtype == np.uint8:
             values = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
@@ -303,6 +311,14 @@ class PreparedData:
     def labels(self) -> np.ndarray:
         """All labels, int64."""
         return self.dataset.labels
+
+    def pixel_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (pixels at the model's size and channels, (B, H, W, C) on 0..255, labels) batches."""
+        if batch_size <= 0:
+            raise UsageError(f"--batch-size must be positive, not {batch_size}")
+        for start in range(0, len(self.dataset), batch_size):
+            stop = start + batch_size
+            yield self.preprocessing.fit(self.dataset.images[start:stop]), self.dataset.labels[start:stop]
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (model input, labels) batches; only one preprocessed batch exists at a time."""

@@ -1,0 +1,1 @@
+"""Adversarial attacks, measured in pixel space before the model's normalization."""

@@ -1,0 +1,27 @@
+"""FGSM (Goodfellow et al., 2015): x' = clip(x + ε · sign(∇ₓ loss), lo, hi).
+
+The gradient does not depend on ε, so a whole sweep costs one forward+backward per image plus one
+forward of the deployed model per ε.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def fgsm_perturb(x01: np.ndarray, gradient_sign: np.ndarray, epsilon: float, bounds: tuple[float, float]) -> np.ndarray:
+    """One FGSM step of size ``epsilon`` in [0, 1] pixel units, clipped to ``bounds``."""
+    low, high = bounds
+    return np.clip(x01 + np.float32(epsilon) * gradient_sign, low, high).astype(np.float32, copy=False)
+
+
+def default_epsilons(kind: str, sweep: str = "lin") -> list[float]:
+    """Default ε sweeps (ε = 0 included): small for CIFAR-like colour images, large for MNIST-like digits.
+
+    ``lin`` follows the paper's Fig. 2 (left), ``log`` its Fig. 2 (right).
+    """
+    if sweep not in ("lin", "log"):
+        raise ValueError(f"sweep must be 'lin' or 'log', not {sweep!r}")
+    if kind == "mnist":
+        return [round(0.03 * i, 4) for i in range(11)] if sweep == "lin" else [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
+    return [round(0.005 * i, 4) for i in range(11)] if sweep == "lin" else [0.0, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]

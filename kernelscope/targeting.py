@@ -1,0 +1,32 @@
+"""Adversarial targeting (the paper's Algorithm 1): does the attack move the fragile kernels' outputs more?
+
+For an example with clean first-Conv output y and adversarial output y': d_k = ‖y_k − y'_k‖₂ per output
+kernel; S_f = mean of d_k over S (fragile), S_n = mean over S' (null); the example "attacks S" when
+S_f > S_n. Raw distances favour kernels with large outputs, so the same count is also reported with d_k
+divided by ‖y_k‖₂ (the clean output norm of that kernel on that example).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def kernel_distances(clean: np.ndarray, adversarial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example, per-kernel L2 distance (N, C) and clean norm (N, C) of (N, C, H, W) conv outputs."""
+    clean = clean.astype(np.float64).reshape(clean.shape[0], clean.shape[1], -1)
+    adversarial = adversarial.astype(np.float64).reshape(clean.shape)
+    return np.linalg.norm(adversarial - clean, axis=2), np.linalg.norm(clean, axis=2)
+
+
+def attacks_fragile(
+    distances: np.ndarray, norms: np.ndarray, fragile: list[int], null: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean (N,) arrays: S_f > S_n on raw distances, and on distances divided by the clean norms."""
+    if not fragile or not null:
+        none = np.zeros(distances.shape[0], dtype=bool)
+        return none, none
+    raw = distances[:, fragile].mean(axis=1) > distances[:, null].mean(axis=1)
+    # A kernel whose clean output is exactly zero everywhere has zero distance too (it is a zero kernel).
+    relative = np.divide(distances, norms, out=np.zeros_like(distances), where=norms > 0)
+    normalized = relative[:, fragile].mean(axis=1) > relative[:, null].mean(axis=1)
+    return raw, normalized
