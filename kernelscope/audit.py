@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from kernelscope import __version__
+from kernelscope.attacks.sweep import check_epsilons
 from kernelscope.data import ImageDataset, load_dataset
 from kernelscope.data.preprocessing import (
     PreparedData,
@@ -24,9 +25,11 @@ from kernelscope.data.preprocessing import (
     select_examples,
 )
 from kernelscope.errors import DataError, UsageError
+from kernelscope.model.batching import resolve_batching
 from kernelscope.model.first_conv import ConvLayer, find_conv
 from kernelscope.model.loading import LoadedModel, TensorInfo, load_model
 from kernelscope.progress import NO_PROGRESS, Progress
+from kernelscope.robustness import AttackReport, prepare_attack, run_attack
 from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, ScoringResult, score_kernels
 from kernelscope.stats import holm_adjust
 
@@ -51,6 +54,11 @@ class InspectConfig:
     providers: tuple[str, ...] | None = None
     threads: int | None = None
     bootstrap: int = 1000
+    attack: bool = True
+    epsilons: tuple[float, ...] | None = None  # None: the default sweep for the data (see eps_sweep)
+    eps_sweep: str = "lin"
+    bounds: tuple[float, float] = (0.0, 1.0)
+    atol: float | None = None  # None: 1e-4, or 1e-2 for float16 graphs
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,7 @@ class InspectReport:
     data: DataSummary
     scoring: ScoringResult
     holm_p_values: list[float]
+    attack: AttackReport | None
     warnings: list[str]
     verdict: str
     timings: dict[str, float]
@@ -148,16 +157,27 @@ def inspect_model(
     timings["load_data"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
+    image_input = model.image_input.name
+    batching = resolve_batching(model.proto, image_input, output.name, config.providers, config.threads)
     runner = KernelDropRunner(
         model.proto,
         layer,
-        model.image_input.name,
+        image_input,
         output.name,
         drop=config.drop,
         providers=config.providers,
         threads=config.threads,
+        batching=batching,
     )
     timings["build_session"] = time.perf_counter() - clock
+    prepared = None
+    if config.attack:
+        # Before the (longer) scoring: an unsupported op or a mirror mismatch should fail fast.
+        clock = time.perf_counter()
+        prepared = prepare_attack(
+            batching, image_input, output.name, data, tolerance=config.atol, providers=config.providers
+        )
+        timings["mirror_check"] = time.perf_counter() - clock
     scoring = score_kernels(
         runner,
         data,
@@ -169,6 +189,27 @@ def inspect_model(
     )
     timings["scoring"] = scoring.seconds
     timings["variant_images_per_second"] = scoring.variant_images_per_second
+    attack = None
+    if prepared is not None:
+        attack = run_attack(
+            prepared,
+            batching,
+            image_input,
+            output.name,
+            layer,
+            data,
+            fragile=scoring.fragile,
+            null=scoring.null,
+            epsilons=config.epsilons,
+            sweep=config.eps_sweep,
+            bounds=config.bounds,
+            batch_size=config.batch_size,
+            providers=config.providers,
+            threads=config.threads,
+            progress=progress,
+        )
+        timings["attack_gradient"] = attack.sweep.seconds_gradient
+        timings["attack_evaluation"] = attack.sweep.seconds_evaluation
 
     summary = _model_summary(model, output, num_classes, runner.fixed_batch)
     data_summary = DataSummary(
@@ -192,8 +233,9 @@ def inspect_model(
         data=data_summary,
         scoring=scoring,
         holm_p_values=holm,
-        warnings=warnings,
-        verdict=_verdict(layer, scoring, holm),
+        attack=attack,
+        warnings=warnings + (_attack_warnings(attack) if attack else []),
+        verdict=_verdict(layer, scoring, holm) + (_attack_verdict(attack) if attack else ""),
         timings=timings,
     )
 
@@ -207,6 +249,12 @@ def _check_config(config: InspectConfig) -> None:
         raise UsageError(f"--limit must be a positive number of images, not {config.limit}")
     if config.bootstrap < 0:
         raise UsageError(f"--bootstrap must be 0 or more resamples, not {config.bootstrap}")
+    if config.eps_sweep not in ("lin", "log"):
+        raise UsageError(f"--eps-sweep must be 'lin' or 'log', not {config.eps_sweep!r}")
+    if config.atol is not None and not config.atol > 0:
+        raise UsageError(f"--atol must be positive, not {config.atol}")
+    if config.epsilons is not None:
+        check_epsilons(config.epsilons, config.bounds)
 
 
 def _num_classes(output: TensorInfo) -> int | None:
@@ -280,6 +328,35 @@ def _warnings(scoring: ScoringResult, num_classes: int | None, runner: KernelDro
             "their S / S' label is uncertain"
         )
     return notes
+
+
+def _attack_warnings(attack: AttackReport) -> list[str]:
+    notes = list(attack.preflight.notes)
+    sweep = attack.sweep
+    if sweep.nonfinite_gradient_images:
+        notes.append(f"{sweep.nonfinite_gradient_images} image(s) had non-finite input gradients (set to 0)")
+    if sweep.zero_gradient_images:
+        notes.append(
+            f"{sweep.zero_gradient_images} image(s) had an all-zero input gradient: FGSM cannot move them "
+            "(saturated outputs or gradient masking), so their robustness is overstated"
+        )
+    return notes
+
+
+def _attack_verdict(attack: AttackReport) -> str:
+    sweep = attack.sweep
+    clean, worst = sweep.fgsm[0], sweep.fgsm[-1]
+    text = (
+        f" Under FGSM, accuracy falls from {clean.accuracy:.1%} to {worst.accuracy:.1%} at ε = {worst.epsilon:g}"
+        " (pixels in [0, 1])."
+    )
+    if sweep.targeting:
+        mid = sweep.targeting[len(sweep.targeting) // 2]
+        text += (
+            f" At ε = {mid.epsilon:g}, {mid.fraction:.0%} of the attacks move the fragile kernels' outputs more than "
+            f"the null ones ({mid.fraction_normalized:.0%} relative to each kernel's clean output)."
+        )
+    return text
 
 
 def _verdict(layer: ConvLayer, scoring: ScoringResult, holm: list[float]) -> str:

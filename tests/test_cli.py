@@ -171,3 +171,59 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_attack_sections_in_json(capsys, tmp_path, model_path, npz_path):
+    report = tmp_path / "r.json"
+    code, out, err = _run(capsys, "inspect", model_path, "-d", npz_path, "--eps", "0.02,0.01", "--json", report)
+    assert code == 0, err
+    assert "FGSM sweep" in out
+    doc = json.loads(report.read_text())
+    assert doc["mirror"]["ok"] is True and doc["mirror"]["max_abs_diff"] < 1e-4
+    assert [e["epsilon"] for e in doc["fgsm"]] == [0.0, 0.01, 0.02]
+    assert doc["fgsm"][0]["accuracy"] == doc["baseline_accuracy"]
+    assert all(e["ci95"][0] <= e["accuracy"] <= e["ci95"][1] for e in doc["fgsm"])
+    assert [t["epsilon"] for t in doc["targeting"]] == [0.01, 0.02]
+    assert all(0 <= t["fraction_attacking_fragile"] <= 1 for t in doc["targeting"])
+    assert doc["attack"]["loss"] == "cross_entropy"
+
+
+def test_no_attack_skips_the_sweep(capsys, tmp_path, model_path, npz_path):
+    report = tmp_path / "r.json"
+    code, out, err = _run(capsys, "inspect", model_path, "-d", npz_path, "--no-attack", "--json", report)
+    assert code == 0, err
+    assert "FGSM sweep" not in out
+    doc = json.loads(report.read_text())
+    assert doc["mirror"] is None and doc["fgsm"] is None and doc["targeting"] is None
+
+
+def test_attack_usage_errors(capsys, model_path, npz_path):
+    for args, message in [
+        (["--eps", "-0.1"], ">= 0"),
+        (["--eps-sweep", "cubic"], "--eps-sweep must be"),
+        (["--bounds", "1,0"], "--bounds needs two numbers"),
+    ]:
+        code, _, err = _run(capsys, "inspect", model_path, "--data", npz_path, *args)
+        assert code == 2, args
+        _assert_one_line_error(err)
+        assert message in err, (args, err)
+
+
+def test_unsupported_ops_are_listed_in_one_line(capsys, tmp_path, npz_path):
+    model = conv_classifier(out_channels=3)
+    graph = model.graph
+    fc = next(n for n in graph.node if n.op_type == "Gemm")
+    fc.output[0] = "scores"
+    graph.node.append(helper.make_node("Hardmax", ["scores"], ["hard"], axis=1))
+    graph.node.append(helper.make_node("Det", ["hard_sq"], ["det"]))
+    graph.node.append(helper.make_node("Add", ["scores", "det"], ["logits"]))
+    # Det needs a square matrix input; feed it one built from the scores so both ops are in the graph.
+    graph.node.append(helper.make_node("Einsum", ["hard_t", "hard"], ["hard_sq"], equation="ij,jk->ik"))
+    graph.node.append(helper.make_node("Transpose", ["hard"], ["hard_t"], perm=[1, 0]))
+    path = save(model, tmp_path / "odd.onnx")
+    code, _, err = _run(capsys, "inspect", path, "--data", npz_path)
+    assert code == 2
+    _assert_one_line_error(err)
+    assert "Einsum" in err and "Det" in err and "--no-attack" in err
+    code, _, err = _run(capsys, "inspect", path, "--data", npz_path, "--no-attack", "-q")
+    assert code == 0, err

@@ -55,7 +55,9 @@ def test_torchscript_twin_gives_the_same_scores(tmp_path):
     onnx_report = inspect_model(MODEL, config)
     ts_report = inspect_model(TORCHSCRIPT, config)
     assert ts_report.model.format == "torchscript"
-    assert [k.accuracy for k in ts_report.scoring.kernels] == pytest.approx([k.accuracy for k in onnx_report.scoring.kernels])
+    assert [k.accuracy for k in ts_report.scoring.kernels] == pytest.approx(
+        [k.accuracy for k in onnx_report.scoring.kernels]
+    )
 
 
 def test_readme_command_writes_json(tmp_path, capsys):

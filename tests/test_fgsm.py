@@ -18,7 +18,7 @@ from kernelscope.model.batching import resolve_batching
 from kernelscope.model.first_conv import find_conv
 from kernelscope.model.loading import load_model
 from kernelscope.model.surgery.kernel_mask import find_mask_site, infer_elem_types
-from kernelscope.targeting import attacks_fragile, kernel_distances
+from kernelscope.targeting import attacks_fragile, kernel_distances, kernel_norms
 
 EPS = [0.0, 0.01, 0.03, 0.1]
 
@@ -38,7 +38,7 @@ def test_targeting_on_a_hand_made_example():
     adversarial = clean.copy()
     adversarial[0, 0] += 1.0  # example 0: kernel 0 moves by ||1||_2 over 4 positions = 2
     adversarial[1, 1] += 1.0  # example 1: kernel 1 moves by 2
-    distances, norms = kernel_distances(clean, adversarial)
+    distances, norms = kernel_distances(clean, adversarial), kernel_norms(clean)
     np.testing.assert_allclose(distances[0], [2.0, 0.0, 0.0])
     raw, normalized = attacks_fragile(distances, norms, fragile=[0], null=[1, 2])
     assert raw.tolist() == [True, False]

@@ -18,10 +18,11 @@ def fgsm_perturb(x01: np.ndarray, gradient_sign: np.ndarray, epsilon: float, bou
 def default_epsilons(kind: str, sweep: str = "lin") -> list[float]:
     """Default ε sweeps (ε = 0 included): small for CIFAR-like colour images, large for MNIST-like digits.
 
-    ``lin`` follows the paper's Fig. 2 (left), ``log`` its Fig. 2 (right).
+    ``lin`` follows the paper's Fig. 2 (left): 0 to 0.03 (about 8/255) for colour images, 0 to 0.3 for
+    digits, the customary upper ends; ``log`` its Fig. 2 (right), seven points per decade-ish up to 0.1 / 0.3.
     """
     if sweep not in ("lin", "log"):
         raise ValueError(f"sweep must be 'lin' or 'log', not {sweep!r}")
     if kind == "mnist":
         return [round(0.03 * i, 4) for i in range(11)] if sweep == "lin" else [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
-    return [round(0.005 * i, 4) for i in range(11)] if sweep == "lin" else [0.0, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]
+    return [round(0.003 * i, 4) for i in range(11)] if sweep == "lin" else [0.0, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]

@@ -40,6 +40,22 @@ def inspect_command(
     bootstrap: Annotated[
         int, typer.Option(help="Bootstrap resamples for the stability of each kernel's S/S' side.")
     ] = 1000,
+    attack: Annotated[
+        bool, typer.Option("--attack/--no-attack", help="Run the FGSM sweep and adversarial targeting.")
+    ] = True,
+    eps: Annotated[
+        str | None, typer.Option(help="FGSM epsilons in [0, 1] pixel units, e.g. 0.01,0.02 (0 is always added).")
+    ] = None,
+    eps_sweep: Annotated[
+        str, typer.Option(help="Default sweep when --eps is not given: lin or log (smaller for CIFAR-like data).")
+    ] = "lin",
+    bounds: Annotated[str, typer.Option(help="Pixel bounds lo,hi of the attack in [0, 1] units.")] = "0,1",
+    atol: Annotated[
+        float | None,
+        typer.Option(
+            help="Mirror/onnxruntime parity tolerance, relative to max(1, max |logit|) (default 1e-4; 1e-2 float16)."
+        ),
+    ] = None,
     min_accuracy: Annotated[
         float | None, typer.Option(help="Exit 1 when baseline accuracy is below this (0..1).")
     ] = None,
@@ -79,6 +95,11 @@ def inspect_command(
         providers=opt.providers_for(device),
         threads=threads,
         bootstrap=bootstrap,
+        attack=attack,
+        epsilons=opt.parse_floats(eps, "--eps"),
+        eps_sweep=eps_sweep,
+        bounds=_bounds(bounds),
+        atol=atol,
     )
     report = inspect_model(model, config, progress=progress_for(quiet))
     render_inspect(console(), report, top=top, quiet=quiet)
@@ -90,3 +111,10 @@ def inspect_command(
         raise AuditFailed(
             f"baseline accuracy {report.scoring.baseline_accuracy:.2%} is below --min-accuracy {min_accuracy:.2%}"
         )
+
+
+def _bounds(text: str) -> tuple[float, float]:
+    values = opt.parse_floats(text, "--bounds") or ()
+    if len(values) != 2 or not values[0] < values[1]:
+        raise UsageError(f"--bounds needs two numbers lo,hi with lo < hi, not {text!r}")
+    return (values[0], values[1])

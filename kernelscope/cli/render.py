@@ -140,6 +140,33 @@ def kernel_table(report: InspectReport, top: int | None = None) -> Table:
     return table
 
 
+def attack_table(report: InspectReport) -> Table | None:
+    """FGSM accuracy per ε with its 95 % interval, and the targeting fractions."""
+    attack = report.attack
+    if attack is None:
+        return None
+    sweep = attack.sweep
+    mirror = attack.mirror
+    table = Table(
+        title=f"FGSM sweep ({attack.epsilon_source}; ε in [0, 1] pixel units; mirror parity "
+        f"{mirror.relative_diff:.1e} <= {mirror.tolerance:g})",
+        title_justify="left",
+    )
+    for name in ("ε", "accuracy", "95% CI", "attacks S (raw)", "attacks S (normalized)"):
+        table.add_column(name, justify="right")
+    targeting = {t.epsilon: t for t in sweep.targeting}
+    for entry in sweep.fgsm:
+        t = targeting.get(entry.epsilon)
+        table.add_row(
+            f"{entry.epsilon:g}",
+            f"{entry.accuracy:.2%}",
+            f"{entry.ci95[0]:.1%} – {entry.ci95[1]:.1%}",
+            f"{t.fraction:.1%}" if t else "–",
+            f"{t.fraction_normalized:.1%}" if t else "–",
+        )
+    return table
+
+
 def verdict_panel(report: InspectReport) -> Panel:
     """The one-paragraph verdict plus warnings."""
     body = [Text(report.verdict)]
@@ -163,6 +190,10 @@ def render_inspect(console: Console, report: InspectReport, top: int | None = No
     console.print(data_table(report))
     console.print()
     console.print(kernel_table(report, top))
+    table = attack_table(report)
+    if table is not None:
+        console.print()
+        console.print(table)
     timing, scoring = report.timings, report.scoring
     console.print(
         f"scored {len(scoring.kernels) + 1} variants x {scoring.n_images} images in {timing.get('scoring', 0):.2f} s "

@@ -111,9 +111,54 @@ def inspect_to_dict(report: InspectReport, *, include_timings: bool = True) -> d
         "warnings": report.warnings,
         "verdict": report.verdict,
     }
+    doc.update(_attack_dict(report))
     if include_timings:
         doc["timings"] = {key: _finite(value) for key, value in report.timings.items()}
     return doc
+
+
+def _attack_dict(report: InspectReport) -> dict[str, Any]:
+    attack = report.attack
+    if attack is None:
+        return {"mirror": None, "fgsm": None, "targeting": None, "attack": None}
+    sweep = attack.sweep
+    return {
+        "mirror": {
+            "max_abs_diff": attack.mirror.max_abs_diff,
+            "relative_diff": attack.mirror.relative_diff,
+            "tolerance": attack.mirror.tolerance,
+            "ok": attack.mirror.ok,
+            "images": attack.mirror.images,
+            "first_divergence": attack.mirror.first_divergence,
+        },
+        "fgsm": [
+            {"epsilon": e.epsilon, "accuracy": e.accuracy, "ci95": list(e.ci95), "correct": e.correct, "n": e.n}
+            for e in sweep.fgsm
+        ],
+        "targeting": [
+            {
+                "epsilon": t.epsilon,
+                "fraction_attacking_fragile": t.fraction,
+                "fraction_attacking_fragile_normalized": t.fraction_normalized,
+                "attacking_fragile": t.attacking_fragile,
+                "attacking_fragile_normalized": t.attacking_fragile_normalized,
+                "n": t.n,
+            }
+            for t in sweep.targeting
+        ],
+        "attack": {
+            "name": "fgsm",
+            "space": "pixels scaled to [0, 1] (pixel / 255) at the model's size, before normalization",
+            "epsilons": sweep.epsilons,
+            "epsilon_source": attack.epsilon_source,
+            "bounds": list(sweep.bounds),
+            "loss": attack.preflight.loss,
+            "output_kind": attack.preflight.output_kind,
+            "inference_only_ops": attack.preflight.inference_only_ops,
+            "zero_gradient_images": sweep.zero_gradient_images,
+            "nonfinite_gradient_images": sweep.nonfinite_gradient_images,
+        },
+    }
 
 
 def dumps(doc: dict[str, Any]) -> str:

@@ -1,0 +1,170 @@
+"""``OnnxMirror``: an ``nn.Module`` that executes an ONNX graph op by op with torch functions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import onnx
+import torch
+
+from kernelscope.errors import ModelError
+from kernelscope.mirror import ops as _ops  # noqa: F401  (registers the implementations)
+from kernelscope.mirror.errors import UnsupportedOpsError
+from kernelscope.mirror.ops.misc import constant_value
+from kernelscope.mirror.registry import DEFAULT_DOMAINS, Impl, NodeContext, lookup, make_context
+from kernelscope.mirror.tensors import as_float, from_proto
+from kernelscope.model.graph import GraphIndex, node_label
+from kernelscope.model.loading import graph_image_inputs, model_opset
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One node ready to run: its implementation, context and tensor names."""
+
+    fn: Impl
+    ctx: NodeContext
+    inputs: tuple[str, ...]  # "" for an absent optional input
+    outputs: tuple[str, ...]
+
+
+def unsupported_ops(proto: onnx.ModelProto) -> list[str]:
+    """Every op (or op setting) of ``proto`` the mirror cannot run, as "Op (opset N)" strings, once each."""
+    opset = model_opset(proto)
+    index = GraphIndex.build(proto.graph)
+    found: list[str] = []
+    for i in index.topological_order():
+        node = index.node(i)
+        reason = _unsupported(node, opset, torch.float32)
+        if reason and reason not in found:
+            found.append(reason)
+    return found
+
+
+def _unsupported(node: onnx.NodeProto, opset: int, dtype: torch.dtype) -> str | None:
+    domain = node.domain or ""
+    name = node.op_type if domain in DEFAULT_DOMAINS else f"{domain}.{node.op_type}"
+    impl = lookup(node.op_type, opset, domain)
+    if impl is None:
+        return f"{name} (opset {opset})"
+    if impl.check is not None:
+        detail = impl.check(make_context(node, opset, dtype))
+        if detail:
+            return f"{name} (opset {opset}: {detail})"
+    return None
+
+
+class OnnxMirror(torch.nn.Module):
+    """An ONNX graph as a torch module, for input gradients.
+
+    Initializers become buffers (every float type in ``dtype``, float32 by default; float16 graphs thus
+    compute in float32), ``Constant`` nodes are evaluated once, and nodes run in data-flow order, only
+    those the requested outputs need. Raises :class:`UnsupportedOpsError` listing every unsupported op.
+    """
+
+    def __init__(
+        self, proto: onnx.ModelProto, outputs: Sequence[str] | None = None, *, dtype: torch.dtype = torch.float32
+    ) -> None:
+        super().__init__()
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        self.dtype = dtype
+        self.opset = model_opset(proto)
+        graph = proto.graph
+        index = GraphIndex.build(graph)
+        order = index.topological_order()
+
+        problems: list[str] = []
+        for i in order:
+            reason = _unsupported(index.node(i), self.opset, dtype)
+            if reason and reason not in problems:
+                problems.append(reason)
+        if problems:
+            raise UnsupportedOpsError(problems)
+
+        self._buffer_of: dict[str, str] = {}
+        for tensor in graph.initializer:
+            try:
+                value = from_proto(tensor, dtype)
+            except TypeError as exc:
+                raise ModelError(f"initializer {tensor.name!r}: {exc}") from None
+            self._add_constant(tensor.name, value)
+
+        steps: list[_Step] = []
+        for i in order:
+            node = index.node(i)
+            ctx = make_context(node, self.opset, dtype)
+            if node.op_type == "Constant":
+                self._add_constant(node.output[0], constant_value(ctx))
+                continue
+            impl = lookup(node.op_type, self.opset, node.domain or "")
+            assert impl is not None  # checked above
+            steps.append(_Step(impl.fn, ctx, tuple(node.input), tuple(node.output)))
+        self._steps = steps
+        self._producer = {name: k for k, step in enumerate(steps) for name in step.outputs if name}
+
+        self.input_names = [v.name for v in graph_image_inputs(proto)]
+        self.graph_outputs = [v.name for v in graph.output]
+        self.output_names = list(outputs) if outputs else self.graph_outputs[:1]
+        self._plans: dict[tuple[str, ...], list[_Step]] = {}
+
+    def computes(self, name: str) -> bool:
+        """True when ``name`` is a tensor the mirror computes (a node output), i.e. one ``run`` can return."""
+        return name in self._producer
+
+    def _add_constant(self, name: str, value: torch.Tensor) -> None:
+        buffer = f"_const{len(self._buffer_of)}"
+        self.register_buffer(buffer, value, persistent=False)
+        self._buffer_of[name] = buffer
+
+    def _plan(self, outputs: tuple[str, ...]) -> list[_Step]:
+        """The steps the requested outputs depend on, in execution order (cached)."""
+        plan = self._plans.get(outputs)
+        if plan is not None:
+            return plan
+        needed: set[int] = set()
+        stack = [self._producer[n] for n in outputs if n in self._producer]
+        while stack:
+            k = stack.pop()
+            if k in needed:
+                continue
+            needed.add(k)
+            stack.extend(self._producer[n] for n in self._steps[k].inputs if n in self._producer)
+        plan = [step for k, step in enumerate(self._steps) if k in needed]
+        self._plans[outputs] = plan
+        return plan
+
+    def run(self, feeds: dict[str, torch.Tensor], outputs: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Run the graph on ``feeds`` and return the named tensors (graph outputs or any intermediate)."""
+        wanted = tuple(outputs)
+        env: dict[str, torch.Tensor] = {name: self._buffers[b] for name, b in self._buffer_of.items()}
+        for name, value in feeds.items():
+            env[name] = as_float(value, self.dtype) if value.is_floating_point() else value
+        for step in self._plan(wanted):
+            args = [env[n] if n else None for n in step.inputs]
+            while args and args[-1] is None:
+                args.pop()
+            try:
+                result = step.fn(step.ctx, *args)
+            except Exception as exc:
+                raise ModelError(
+                    f"the PyTorch mirror failed at {step.ctx.op_type} node {node_label(step.ctx.node)!r}: "
+                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                ) from exc
+            if isinstance(result, torch.Tensor):
+                env[step.outputs[0]] = result
+            else:
+                for name, value in zip(step.outputs, result, strict=False):
+                    if name and value is not None:
+                        env[name] = value
+        missing = [n for n in wanted if n not in env]
+        if missing:
+            raise ModelError(f"the mirrored graph has no tensor named {', '.join(map(repr, missing))}")
+        return {name: env[name] for name in wanted}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The first requested output (default: the first graph output) for image batch ``x``."""
+        if len(self.input_names) != 1:
+            raise ModelError(f"forward() needs a single-input graph; this one has inputs {self.input_names}; use run()")
+        name = self.output_names[0]
+        return self.run({self.input_names[0]: x}, [name])[name]
