@@ -228,9 +228,7 @@ def export(model: nn.Module, out_dir: Path) -> tuple[Path, Path]:
 
     with torch.no_grad():
         traced = torch.jit.trace(model, (dummy,))
-    torch.jit.save(
-        traced, str(ts_path), _extra_files={"kernelscope.json": json.dumps(torchscript_metadata())}
-    )
+    torch.jit.save(traced, str(ts_path), _extra_files={"kernelscope.json": json.dumps(torchscript_metadata())})
     return onnx_path, ts_path
 
 

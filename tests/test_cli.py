@@ -8,10 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-from builders import conv_classifier, random_npz, save
 from onnx import TensorProto, helper
 
 from kernelscope.cli.app import main
+
+from builders import conv_classifier, random_npz, save
 
 
 @pytest.fixture

@@ -66,3 +66,27 @@ def test_readme_command_writes_json(tmp_path, capsys):
     doc = json.loads(target.read_text())
     assert doc["data"]["name"] == "cifar10-sample" and doc["data"]["n"] == 100
     assert doc["layer"]["out_channels"] == 32
+
+
+def test_fgsm_equals_native_torch_on_the_torchscript_twin():
+    """The mirror-driven sweep on the ONNX file vs plain torch FGSM on the TorchScript twin."""
+    import torch
+
+    eps = (0.003, 0.01)
+    report = inspect_model(MODEL, InspectConfig(data=str(SAMPLE), limit=200, seed=2, bootstrap=0, epsilons=eps))
+    pre = report.data.preprocessing
+    dataset = select_examples(load_dataset(str(SAMPLE)), 200, 2)
+    twin = torch.jit.load(str(TORCHSCRIPT), map_location="cpu").eval()
+    mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std).view(1, 3, 1, 1)
+    x01 = torch.tensor(dataset.images.transpose(0, 3, 1, 2) / 255.0, dtype=torch.float32, requires_grad=True)
+    labels = torch.tensor(dataset.labels)
+    loss = torch.nn.functional.cross_entropy(twin((x01 - mean) / std), labels, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x01)
+    with torch.no_grad():
+        for entry in report.attack.sweep.fgsm:
+            adversarial = (x01 + entry.epsilon * grad.sign()).clamp(0, 1)
+            expected = int((twin((adversarial - mean) / std).argmax(1) == labels).sum())
+            assert abs(entry.correct - expected) <= 1, (entry.epsilon, entry.correct, expected)
+    assert report.attack.mirror.ok and report.attack.mirror.relative_diff < 1e-5
+    assert report.attack.sweep.fgsm[-1].accuracy < report.attack.sweep.fgsm[0].accuracy

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import zoo
 
 from kernelscope.attacks.fgsm import default_epsilons, fgsm_perturb
 from kernelscope.attacks.gradients import InputGradient
@@ -19,6 +18,8 @@ from kernelscope.model.first_conv import find_conv
 from kernelscope.model.loading import load_model
 from kernelscope.model.surgery.kernel_mask import find_mask_site, infer_elem_types
 from kernelscope.targeting import attacks_fragile, kernel_distances, kernel_norms
+
+import zoo
 
 EPS = [0.0, 0.01, 0.03, 0.1]
 

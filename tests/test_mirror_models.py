@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import zoo
 from onnx import TensorProto, helper
 
 from kernelscope.errors import ModelError
@@ -22,6 +21,8 @@ from kernelscope.mirror import (
     supported_ops_markdown,
 )
 from kernelscope.model.loading import load_model
+
+import zoo
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from builders import conv_classifier, save
 from onnx import TensorProto, helper, numpy_helper
 
 from kernelscope.errors import ModelError, UsageError
 from kernelscope.model.first_conv import find_conv
 from kernelscope.model.graph import GraphIndex
 from kernelscope.model.loading import load_model
+
+from builders import conv_classifier, save
 
 
 def test_topological_order_ignores_file_order():

@@ -6,13 +6,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from builders import conv_classifier
 from onnx import numpy_helper
 
 from kernelscope.data.dataset import ImageDataset
 from kernelscope.data.preprocessing import PreparedData, resolve_preprocessing
 from kernelscope.model.first_conv import find_conv
 from kernelscope.scoring import KernelDropRunner, plan_groups, score_kernels
+
+from builders import conv_classifier
 
 
 def _direct_accuracy(model: onnx.ModelProto, kernel: int | None, x: np.ndarray, y: np.ndarray) -> float:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import zoo
 
 from kernelscope.data.dataset import ImageDataset
 from kernelscope.data.preprocessing import PreparedData, resolve_preprocessing
 from kernelscope.model.first_conv import find_conv
 from kernelscope.model.loading import load_model
 from kernelscope.scoring import KernelDropRunner, score_kernels
+
+import zoo
 
 #: The reference zeroes the separate bias Add of a bias-less Conv too: that is --drop channel here.
 DROP_MODE = {"conv_bias_add": "channel"}

@@ -16,8 +16,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import zoo  # tests/ is on sys.path under pytest's default "prepend" import mode (like builders.py)
 from onnx import numpy_helper
+
+import zoo  # tests/ is on sys.path under pytest's default "prepend" import mode (like builders.py)
 
 ALL = list(zoo.BUILDERS)
 ONNX_MODELS = [name for name in ALL if name != "torchscript"]
