@@ -105,19 +105,10 @@ def kernel_table(report: InspectReport, top: int | None = None) -> Table:
         f"(baseline {s.baseline_accuracy:.2%}, mean {s.mean_accuracy:.2%})",
         title_justify="left",
     )
-    for name, justify in [
-        ("kernel", "right"),
-        ("set", "center"),
-        ("accuracy", "right"),
-        ("Δ points", "right"),
-        ("changed", "right"),
-        ("✓→✗", "right"),
-        ("✗→✓", "right"),
-        ("p (Holm)", "right"),
-        ("side stable", "right"),
-        ("‖w‖", "right"),
-    ]:
-        table.add_column(name, justify=justify)
+    # Short headers so the table fits an 80-column terminal; the caption explains them.
+    columns = ["k", "set", "acc", "Δ pts", "flips", "✓→✗", "✗→✓", "p Holm", "stable", "‖w‖"]
+    for name in columns:
+        table.add_column(name, justify="center" if name == "set" else "right", no_wrap=True)
     rows = sorted(zip(s.kernels, report.holm_p_values, strict=True), key=lambda kp: (kp[0].accuracy, kp[0].index))
     shown = rows if top is None else rows[:top]
     for k, holm in shown:
@@ -135,8 +126,13 @@ def kernel_table(report: InspectReport, top: int | None = None) -> Table:
             f"{k.split_stability:.0%}",
             f"{k.weight_norm:.3g}",
         )
+    caption = (
+        "acc: accuracy with kernel k dropped; flips: predictions changed; ✓→✗ / ✗→✓: images it breaks / fixes; "
+        "p Holm: exact McNemar vs baseline, Holm-adjusted; stable: bootstrap share on the same side"
+    )
     if top is not None and len(rows) > top:
-        table.caption = f"{len(rows) - top} more kernel(s) not shown (--top)"
+        caption = f"{len(rows) - top} more kernel(s) not shown (--top). " + caption
+    table.caption = caption
     return table
 
 
