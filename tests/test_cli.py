@@ -228,3 +228,25 @@ def test_unsupported_ops_are_listed_in_one_line(capsys, tmp_path, npz_path):
     assert "Einsum" in err and "Det" in err and "--no-attack" in err
     code, _, err = _run(capsys, "inspect", path, "--data", npz_path, "--no-attack", "-q")
     assert code == 0, err
+
+
+def test_torchscript_without_input_shape_asks_for_it(capsys, tmp_path, npz_path):
+    import torch
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 4)
+    )
+    path = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(net.eval()), str(path))
+    code, _, err = _run(capsys, "inspect", path, "--data", npz_path, "--no-attack")
+    assert code == 2
+    _assert_one_line_error(err)
+    assert "--input-shape" in err
+    code, _, err = _run(capsys, "inspect", path, "--data", npz_path, "--no-attack", "--input-shape", "1,3,8,8", "-q")
+    assert code == 0, err
+    pickle_path = tmp_path / "pickled.pt"
+    torch.save(net, str(pickle_path))
+    code, _, err = _run(capsys, "inspect", pickle_path, "--data", npz_path)
+    assert code == 2
+    _assert_one_line_error(err)
+    assert "never unpickles" in err
