@@ -111,7 +111,7 @@ class KernelDropRunner:
         self.image_input = image_input
         self.output = output
         self.channels = layer.out_channels
-        self.site = find_mask_site(proto, layer, drop, infer_elem_types(proto))
+        self.site = find_mask_site(proto, layer, drop, infer_elem_types(proto), commute=True)
         self.batching = batching or resolve_batching(proto, image_input, output, providers, threads)
         masked = insert_kernel_mask(self.batching.proto, self.site, self.channels, output)
         self.session = make_session(masked, providers, threads)

@@ -84,3 +84,16 @@ def test_fixed_batch_that_cannot_be_made_dynamic_falls_back_to_single_images():
     for k in range(4):
         assert result.kernels[k].accuracy == pytest.approx(_direct_accuracy(model, k, x, dataset.labels))
     assert result.plan.variants_per_run == 1 and result.plan.images_per_run == 1
+
+
+def test_mask_moves_past_ops_that_keep_a_zero_channel_zero():
+    """Scoring masks after Relu (exactly equivalent, and keeps Conv+Relu fusable); targeting reads the Conv."""
+    from kernelscope.model.surgery.kernel_mask import find_mask_site, infer_elem_types
+
+    model = conv_classifier(out_channels=4)
+    layer = find_conv(model, "image")
+    types = infer_elem_types(model)
+    scoring_site = find_mask_site(model, layer, "weights", types, commute=True)
+    assert scoring_site.tensor == "pool"
+    assert [p.split(":")[0] for p in scoring_site.passed] == ["Relu", "GlobalAveragePool"]
+    assert find_mask_site(model, layer, "weights", types).tensor == "conv"

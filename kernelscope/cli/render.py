@@ -46,7 +46,7 @@ def model_table(report: InspectReport) -> Table:
 
 def layer_table(report: InspectReport) -> Table:
     """The audited convolution."""
-    layer, site = report.layer, report.scoring.mask_site
+    layer = report.layer
     source = layer.weight_source
     through = f" via {' <- '.join(source.chain)}" if source.chain else ""
     return _key_values(
@@ -63,13 +63,20 @@ def layer_table(report: InspectReport) -> Table:
                 f"{layer.weight_dtype}, {source.kind} {source.stored_name!r}{through}"
                 + (", bias" if layer.has_bias else ", no bias"),
             ),
-            (
-                "drop",
-                f"{report.scoring.drop_mode}: channel mask on {site.tensor!r}"
-                + (f" after {', '.join(site.passed)}" if site.passed else ""),
-            ),
+            ("drop", _drop_description(report)),
         ],
     )
+
+
+def _drop_description(report: InspectReport) -> str:
+    site = report.scoring.mask_site
+    meaning = (
+        "W[k] = 0, b[k] = 0" if report.scoring.drop_mode == "weights" else "channel k = 0 after BN / bias / activation"
+    )
+    where = f"applied as a channel mask on {site.tensor!r}"
+    if site.passed:
+        where += f" after {', '.join(p.split(':', 1)[0] for p in site.passed)}"
+    return f"{report.scoring.drop_mode} ({meaning}), {where}"
 
 
 def data_table(report: InspectReport) -> Table:

@@ -26,7 +26,7 @@ from onnx import TensorProto
 
 from kernelscope.errors import ModelError
 from kernelscope.model.first_conv import ConvLayer
-from kernelscope.model.graph import GraphIndex, NotConstant, constant_value, node_label
+from kernelscope.model.graph import GraphIndex, NotConstant, attribute, constant_value, node_label
 
 #: Name of the run-time input added by :func:`insert_kernel_mask`.
 MASK_INPUT = "kernelscope_kernel_mask"
@@ -78,8 +78,35 @@ def _is_channel_bias(index: GraphIndex, node: onnx.NodeProto, current: str) -> b
     return 3 <= value.ndim <= 4 and value.shape[-2:] == (1, 1) and (value.ndim == 3 or value.shape[0] == 1)
 
 
-def find_mask_site(proto: onnx.ModelProto, layer: ConvLayer, mode: str, elem_types: dict[str, int]) -> MaskSite:
-    """Where to apply the kernel mask for ``mode`` (``weights`` or ``channel``); see the module docstring."""
+#: Per-channel ops that map an all-zero channel to an all-zero channel (and leave others alone when the mask
+#: is 1): masking before or after them gives identical results, so the mask may move past them.
+ZERO_PRESERVING = {
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Tanh", "Softsign", "HardSwish", "Gelu", "Mish",
+    "ThresholdedRelu", "Identity", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
+    "GlobalLpPool",
+}  # fmt: skip
+
+
+def _commutes(index: GraphIndex, node: onnx.NodeProto, current: str) -> bool:
+    if not node.input or node.input[0] != current or len([o for o in node.output if o]) != 1:
+        return False  # e.g. MaxPool with an Indices output, Dropout with a mask output
+    if node.op_type == "Clip":
+        bounds = [constant_value(index, n)[0] if n and _is_constant(index, n) else None for n in node.input[1:3]]
+        low = attribute(node, "min", None) if len(node.input) < 2 else bounds[0]
+        high = attribute(node, "max", None) if len(node.input) < 2 else (bounds[1] if len(bounds) > 1 else None)
+        return (low is None or float(np.min(low)) <= 0.0) and (high is None or float(np.max(high)) >= 0.0)
+    return node.op_type in ZERO_PRESERVING or node.op_type == "Dropout"
+
+
+def find_mask_site(
+    proto: onnx.ModelProto, layer: ConvLayer, mode: str, elem_types: dict[str, int], *, commute: bool = False
+) -> MaskSite:
+    """Where to apply the kernel mask for ``mode`` (``weights`` or ``channel``); see the module docstring.
+
+    With ``commute``, the site then moves on past ops that map a zero channel to zero per channel (ReLU-like
+    activations, pooling): the result is identical, and the part of the network that runs once per image
+    batch, before the V variants fan out, grows (the Conv can also keep its fused activation).
+    """
     if mode not in DROP_MODES:
         raise ValueError(f"unknown drop mode {mode!r}")
     index = GraphIndex.build(proto.graph)
@@ -122,6 +149,12 @@ def find_mask_site(proto: onnx.ModelProto, layer: ConvLayer, mode: str, elem_typ
                 break
             else:
                 break
+    if commute:
+        for _ in range(16):
+            node = _single_consumer(index, current, outputs)
+            if node is None or not _commutes(index, node, current):
+                break
+            step(node)
     elem_type = elem_types.get(current, TensorProto.UNDEFINED)
     if elem_type == TensorProto.UNDEFINED:
         elem_type = (
