@@ -25,7 +25,7 @@ from kernelscope.data.preprocessing import (
     select_examples,
 )
 from kernelscope.errors import DataError, UsageError
-from kernelscope.model.batching import resolve_batching
+from kernelscope.model.batching import Batching, resolve_batching
 from kernelscope.model.first_conv import ConvLayer, find_conv
 from kernelscope.model.loading import LoadedModel, TensorInfo, load_model
 from kernelscope.progress import NO_PROGRESS, Progress
@@ -113,16 +113,49 @@ class InspectReport:
     timings: dict[str, float]
 
 
-def inspect_model(
-    model_path: str | os.PathLike[str], config: InspectConfig, progress: Progress = NO_PROGRESS
-) -> InspectReport:
-    """Audit the first convolution of a classifier: score every kernel by dropout on real data.
+@dataclass
+class AuditInputs:
+    """Everything loaded and decided before any measurement: shared by ``inspect`` and ``harden``."""
 
-    Loads the model (ONNX or TorchScript), finds the layer, loads and fits the data, scores each kernel
-    with one onnxruntime session, and returns an :class:`InspectReport`. User-fixable problems raise
-    :class:`~kernelscope.errors.KernelscopeError` subclasses with one-line messages.
-    """
-    _check_config(config)
+    model: LoadedModel
+    output: TensorInfo
+    layer: ConvLayer
+    data: PreparedData
+    available: int
+    num_classes: int | None
+    batching: Batching
+    timings: dict[str, float]
+
+    @property
+    def image_input(self) -> str:
+        """Name of the model's image input."""
+        return self.model.image_input.name
+
+    def model_summary(self) -> ModelSummary:
+        """What the model file is."""
+        return _model_summary(self.model, self.output, self.num_classes, self.batching.fixed_batch)
+
+    def data_summary(self, config: InspectConfig) -> DataSummary:
+        """Which images were used (all of them, before any validation split) and how they were fed."""
+        dataset = self.data.dataset
+        return DataSummary(
+            name=dataset.name,
+            source=dataset.source,
+            split=config.split,
+            n=len(dataset),
+            available=self.available,
+            num_classes=dataset.num_classes,
+            class_names=list(dataset.class_names) if dataset.class_names else None,
+            preprocessing=self.data.preprocessing,
+            limit=config.limit,
+            seed=config.seed,
+        )
+
+
+def load_audit_inputs(
+    model_path: str | os.PathLike[str], config: InspectConfig, progress: Progress = NO_PROGRESS
+) -> AuditInputs:
+    """Load the model, find the layer, load and fit the data, and decide how to batch the model."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     model = load_model(model_path, input_shape=config.input_shape)
@@ -153,12 +186,28 @@ def inspect_model(
         options=config.preprocessing,
         preset=str(model.kernelscope_metadata.get("dataset") or ""),
     )
-    data = PreparedData(dataset, preprocessing)
     timings["load_data"] = time.perf_counter() - clock
+    batching = resolve_batching(model.proto, model.image_input.name, output.name, config.providers, config.threads)
+    return AuditInputs(
+        model, output, layer, PreparedData(dataset, preprocessing), available, num_classes, batching, timings
+    )
 
+
+def inspect_model(
+    model_path: str | os.PathLike[str], config: InspectConfig, progress: Progress = NO_PROGRESS
+) -> InspectReport:
+    """Audit the first convolution of a classifier: score every kernel by dropout on real data.
+
+    Loads the model (ONNX or TorchScript), finds the layer, loads and fits the data, scores each kernel
+    with one onnxruntime session, and returns an :class:`InspectReport`. User-fixable problems raise
+    :class:`~kernelscope.errors.KernelscopeError` subclasses with one-line messages.
+    """
+    _check_config(config)
+    inputs = load_audit_inputs(model_path, config, progress)
+    model, output, layer, data, batching = inputs.model, inputs.output, inputs.layer, inputs.data, inputs.batching
+    num_classes, image_input = inputs.num_classes, inputs.image_input
+    timings = dict(inputs.timings)
     clock = time.perf_counter()
-    image_input = model.image_input.name
-    batching = resolve_batching(model.proto, image_input, output.name, config.providers, config.threads)
     runner = KernelDropRunner(
         model.proto,
         layer,
@@ -211,19 +260,8 @@ def inspect_model(
         timings["attack_gradient"] = attack.sweep.seconds_gradient
         timings["attack_evaluation"] = attack.sweep.seconds_evaluation
 
-    summary = _model_summary(model, output, num_classes, runner.fixed_batch)
-    data_summary = DataSummary(
-        name=dataset.name,
-        source=dataset.source,
-        split=config.split,
-        n=len(dataset),
-        available=available,
-        num_classes=dataset.num_classes,
-        class_names=list(dataset.class_names) if dataset.class_names else None,
-        preprocessing=preprocessing,
-        limit=config.limit,
-        seed=config.seed,
-    )
+    summary = inputs.model_summary()
+    data_summary = inputs.data_summary(config)
     holm = holm_adjust(np.array([k.p_value for k in scoring.kernels])).tolist()
     warnings = _warnings(scoring, num_classes, runner)
     return InspectReport(

@@ -45,3 +45,41 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """UTF-8 text version of :func:`atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_model_atomic(proto, path: str | os.PathLike[str], *, external_data: bool = False) -> list[Path]:
+    """Write an ONNX model atomically; returns the files written.
+
+    Inline models are serialized and renamed into place. With ``external_data`` the tensors go to
+    ``<name>.data`` beside the model: both files are first written into a temporary folder in the target
+    folder, then renamed into place (data first), so neither a failure nor Ctrl-C leaves a partial file.
+    """
+    import shutil
+
+    import onnx
+
+    target = Path(path)
+    if not external_data:
+        atomic_write_bytes(target, proto.SerializeToString())
+        return [target]
+    data_name = f"{target.name}.data"
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent or "."))
+    try:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)  # onnx.save moves tensors to external data in place: keep the caller's intact
+        onnx.save(
+            copy,
+            str(staging / target.name),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
+        )
+        written = []
+        for name in (data_name, target.name):
+            if (staging / name).exists():
+                os.replace(staging / name, target.parent / name)
+                written.append(target.parent / name)
+        return written[::-1]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -13,6 +13,7 @@ import typer
 from typer.exceptions import TyperException
 
 from kernelscope import __version__
+from kernelscope.cli.harden_cmd import harden_command
 from kernelscope.cli.inspect_cmd import inspect_command
 from kernelscope.errors import KernelscopeError
 
@@ -24,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("inspect")(inspect_command)
+app.command("harden")(harden_command)
 
 
 def _version(value: bool) -> None:

@@ -25,18 +25,10 @@ def inspect_command(
     limit: opt.LimitOption = None,
     seed: opt.SeedOption = 0,
     batch_size: opt.BatchSizeOption = 128,
-    layer: Annotated[
-        str | None, typer.Option(help="Audit this Conv node (name or output name) instead of the first.")
-    ] = None,
-    output: Annotated[
-        str | None, typer.Option(help="Model output holding the class scores (default: the first).")
-    ] = None,
-    input_shape: Annotated[
-        str | None, typer.Option(help="Input shape for TorchScript files that do not record it, e.g. 1,3,32,32.")
-    ] = None,
-    drop: Annotated[
-        str, typer.Option(help="weights: zero W[k] and b[k]; channel: zero channel k after BN/activation.")
-    ] = "weights",
+    layer: opt.LayerOption = None,
+    output: opt.OutputOption = None,
+    input_shape: opt.InputShapeOption = None,
+    drop: opt.DropOption = "weights",
     bootstrap: Annotated[
         int, typer.Option(help="Bootstrap resamples for the stability of each kernel's S/S' side.")
     ] = 1000,
@@ -46,21 +38,14 @@ def inspect_command(
     eps: Annotated[
         str | None, typer.Option(help="FGSM epsilons in [0, 1] pixel units, e.g. 0.01,0.02 (0 is always added).")
     ] = None,
-    eps_sweep: Annotated[
-        str, typer.Option(help="Default sweep when --eps is not given: lin or log (smaller for CIFAR-like data).")
-    ] = "lin",
-    bounds: Annotated[str, typer.Option(help="Pixel bounds lo,hi of the attack in [0, 1] units.")] = "0,1",
-    atol: Annotated[
-        float | None,
-        typer.Option(
-            help="Mirror/onnxruntime parity tolerance, relative to max(1, max |logit|) (default 1e-4; 1e-2 float16)."
-        ),
-    ] = None,
+    eps_sweep: opt.EpsSweepOption = "lin",
+    bounds: opt.BoundsOption = "0,1",
+    atol: opt.AtolOption = None,
     min_accuracy: Annotated[
         float | None, typer.Option(help="Exit 1 when baseline accuracy is below this (0..1).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto (CUDA if onnxruntime-gpu sees a GPU), cpu or cuda.")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads (default: all cores).")] = None,
+    device: opt.DeviceOption = "auto",
+    threads: opt.ThreadsOption = None,
     top: Annotated[int | None, typer.Option(help="Show only the N lowest-accuracy kernels in the table.")] = None,
     scale: opt.ScaleOption = None,
     mean: opt.MeanOption = None,
@@ -98,7 +83,7 @@ def inspect_command(
         attack=attack,
         epsilons=opt.parse_floats(eps, "--eps"),
         eps_sweep=eps_sweep,
-        bounds=_bounds(bounds),
+        bounds=opt.parse_bounds(bounds),
         atol=atol,
     )
     report = inspect_model(model, config, progress=progress_for(quiet))
@@ -111,10 +96,3 @@ def inspect_command(
         raise AuditFailed(
             f"baseline accuracy {report.scoring.baseline_accuracy:.2%} is below --min-accuracy {min_accuracy:.2%}"
         )
-
-
-def _bounds(text: str) -> tuple[float, float]:
-    values = opt.parse_floats(text, "--bounds") or ()
-    if len(values) != 2 or not values[0] < values[1]:
-        raise UsageError(f"--bounds needs two numbers lo,hi with lo < hi, not {text!r}")
-    return (values[0], values[1])

@@ -78,6 +78,30 @@ QuietOption = Annotated[
 ]
 
 
+LayerOption = Annotated[
+    str | None, typer.Option(help="Audit this Conv node (name or output name) instead of the first.")
+]
+OutputOption = Annotated[str | None, typer.Option(help="Model output holding the class scores (default: the first).")]
+InputShapeOption = Annotated[
+    str | None, typer.Option(help="Input shape for TorchScript files that do not record it, e.g. 1,3,32,32.")
+]
+DropOption = Annotated[
+    str, typer.Option(help="weights: zero W[k] and b[k]; channel: zero channel k after BN/activation.")
+]
+EpsSweepOption = Annotated[
+    str, typer.Option(help="Default sweep when --eps is not given: lin or log (smaller for CIFAR-like data).")
+]
+BoundsOption = Annotated[str, typer.Option(help="Pixel bounds lo,hi of the attack in [0, 1] units.")]
+AtolOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Mirror/onnxruntime parity tolerance, relative to max(1, max |logit|) (default 1e-4; 1e-2 float16)."
+    ),
+]
+DeviceOption = Annotated[str, typer.Option(help="auto (CUDA if onnxruntime-gpu sees a GPU), cpu or cuda.")]
+ThreadsOption = Annotated[int | None, typer.Option(help="onnxruntime intra-op threads (default: all cores).")]
+
+
 def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
     """``"0.5,0.4"`` -> ``(0.5, 0.4)``; ``None`` stays ``None``."""
     if text is None:
@@ -139,3 +163,11 @@ def providers_for(device: str) -> tuple[str, ...] | None:
             )
         return ("CUDAExecutionProvider", "CPUExecutionProvider")
     raise UsageError(f"--device must be auto, cpu or cuda, not {device!r}")
+
+
+def parse_bounds(text: str) -> tuple[float, float]:
+    """``"0,1"`` -> ``(0.0, 1.0)``, requiring lo < hi."""
+    values = parse_floats(text, "--bounds") or ()
+    if len(values) != 2 or not values[0] < values[1]:
+        raise UsageError(f"--bounds needs two numbers lo,hi with lo < hi, not {text!r}")
+    return (values[0], values[1])

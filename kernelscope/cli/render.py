@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kernelscope.audit import InspectReport
+from kernelscope.harden import HardenReport
 
 
 def _shape(shape: tuple | None) -> str:
@@ -206,3 +207,78 @@ def render_inspect(console: Console, report: InspectReport, top: int | None = No
         markup=False,
     )
     console.print(verdict_panel(report))
+
+
+def render_harden(console: Console, report: HardenReport, quiet: bool = False) -> None:
+    """Print the ``harden`` report: search, before/after, verdict."""
+    if quiet:
+        console.print(report.verdict, soft_wrap=True)
+        return
+    inputs = report.inputs
+    console.print(
+        _key_values(
+            "Harden",
+            [
+                ("model", f"{inputs.model.path} ({inputs.model.format})"),
+                ("layer", f"{inputs.layer.name} ({inputs.layer.op_type}, {inputs.layer.out_channels} kernels)"),
+                (
+                    "data",
+                    f"{report.n_validation} validation + {report.n_evaluation} evaluation images from "
+                    f"{inputs.data.dataset.source}",
+                ),
+                ("split", f"S (fragile) {report.scoring.fragile}; S' (null) {report.scoring.null} (on validation)"),
+                ("search", f"FGSM accuracy at ε = {report.audit_epsilon:g}, {report.svd_mode} threshold"),
+            ],
+        )
+    )
+    console.print()
+    search = Table(
+        title=f"Noise levels on validation (original: clean {report.original_validation[0]:.2%}, "
+        f"FGSM {report.original_validation[1]:.2%})",
+        title_justify="left",
+    )
+    for name in ("ε_n", "source", "τ", "α", "kept σ", "clean", "FGSM", "in budget"):
+        search.add_column(name, justify="right", no_wrap=True)
+    for c in report.candidates:
+        style = "bold green" if c is report.chosen else None
+        search.add_row(
+            f"{c.noise_level:.3g}",
+            c.source,
+            f"{c.tau:.3g}",
+            f"{c.alpha:.3f}",
+            str(c.kept_singular_values),
+            f"{c.val_clean_accuracy:.2%}",
+            f"{c.val_fgsm_accuracy:.2%}",
+            "yes" if c.within_budget else "no",
+            style=style,
+        )
+    console.print(search)
+    console.print()
+    table = Table(title=f"Before / after on {report.n_evaluation} held-out images", title_justify="left")
+    for name in ("ε", "accuracy before", "after", "attacks S before", "after", "normalized before", "after"):
+        table.add_column(name, justify="right", no_wrap=True)
+    after_fgsm = {e.epsilon: e for e in report.after.fgsm} if report.after else {}
+    before_t = {t.epsilon: t for t in report.before.targeting}
+    after_t = {t.epsilon: t for t in report.after.targeting} if report.after else {}
+
+    def pct(value: float | None) -> str:
+        return "–" if value is None else f"{value:.1%}"
+
+    for e in report.before.fgsm:
+        a, tb, ta = after_fgsm.get(e.epsilon), before_t.get(e.epsilon), after_t.get(e.epsilon)
+        table.add_row(
+            f"{e.epsilon:g}",
+            pct(e.accuracy),
+            pct(a.accuracy if a else None),
+            pct(tb.fraction if tb else None),
+            pct(ta.fraction if ta else None),
+            pct(tb.fraction_normalized if tb else None),
+            pct(ta.fraction_normalized if ta else None),
+        )
+    console.print(table)
+    body = [Text(report.verdict)]
+    for warning in report.warnings:
+        body.append(Text(f"⚠ {warning}", style="yellow"))
+    if report.written:
+        body.append(Text(f"wrote {', '.join(report.written)}", style="green"))
+    console.print(Panel(Group(*body), title="Verdict", title_align="left"))

@@ -6,7 +6,10 @@ import json
 import math
 from typing import Any
 
-from kernelscope.audit import InspectReport
+from kernelscope.attacks.sweep import EpsilonAccuracy, EpsilonTargeting
+from kernelscope.audit import DataSummary, InspectConfig, InspectReport, ModelSummary
+from kernelscope.harden import HardenReport, Measurement
+from kernelscope.model.first_conv import ConvLayer
 from kernelscope.model.loading import TensorInfo
 
 #: Bumped on any incompatible change of keys or meanings; additions keep the version.
@@ -21,6 +24,65 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def model_dict(model: ModelSummary) -> dict[str, Any]:
+    """The ``model`` section."""
+    return {
+        "path": model.path,
+        "format": model.format,
+        "opset": model.opset,
+        "ir_version": model.ir_version,
+        "producer": model.producer,
+        "file_bytes": model.file_bytes,
+        "input": _tensor(model.input),
+        "output": _tensor(model.output),
+        "outputs": model.output_names,
+        "num_classes": model.num_classes,
+        "nodes": model.node_count,
+        "op_counts": model.op_counts,
+        "parameters": model.parameters,
+        "fixed_batch": model.fixed_batch,
+    }
+
+
+def layer_dict(layer: ConvLayer) -> dict[str, Any]:
+    """The ``layer`` section (without ``mask_site``, which belongs to a scoring run)."""
+    return {
+        "name": layer.name,
+        "op_type": layer.op_type,
+        "in_channels": layer.in_channels,
+        "out_channels": layer.out_channels,
+        "kernel_shape": list(layer.kernel_shape),
+        "group": layer.group,
+        "strides": list(layer.strides),
+        "dilations": list(layer.dilations),
+        "has_bias": layer.has_bias,
+        "weight_dtype": layer.weight_dtype,
+        "quantized": layer.quantized,
+        "weight_source": {
+            "kind": layer.weight_source.kind,
+            "tensor": layer.weight_source.stored_name,
+            "through": list(layer.weight_source.chain),
+        },
+        "distance_from_input": layer.distance,
+    }
+
+
+def data_dict(data: DataSummary) -> dict[str, Any]:
+    """The ``data`` section."""
+    return {
+        "name": data.name,
+        "source": data.source,
+        "split": data.split,
+        "n": data.n,
+        "available": data.available,
+        "limit": data.limit,
+        "seed": data.seed,
+        "num_classes": data.num_classes,
+        "class_names": data.class_names,
+        "preprocessing": data.preprocessing.describe(),
+    }
+
+
 def inspect_to_dict(report: InspectReport, *, include_timings: bool = True) -> dict[str, Any]:
     """The ``inspect`` report as plain JSON types. Everything but ``timings`` is deterministic for a seed."""
     model, layer, data, scoring = report.model, report.layer, report.data, report.scoring
@@ -28,54 +90,10 @@ def inspect_to_dict(report: InspectReport, *, include_timings: bool = True) -> d
         "schema_version": SCHEMA_VERSION,
         "kernelscope_version": report.kernelscope_version,
         "command": "inspect",
-        "model": {
-            "path": model.path,
-            "format": model.format,
-            "opset": model.opset,
-            "ir_version": model.ir_version,
-            "producer": model.producer,
-            "file_bytes": model.file_bytes,
-            "input": _tensor(model.input),
-            "output": _tensor(model.output),
-            "outputs": model.output_names,
-            "num_classes": model.num_classes,
-            "nodes": model.node_count,
-            "op_counts": model.op_counts,
-            "parameters": model.parameters,
-            "fixed_batch": model.fixed_batch,
-        },
-        "layer": {
-            "name": layer.name,
-            "op_type": layer.op_type,
-            "in_channels": layer.in_channels,
-            "out_channels": layer.out_channels,
-            "kernel_shape": list(layer.kernel_shape),
-            "group": layer.group,
-            "strides": list(layer.strides),
-            "dilations": list(layer.dilations),
-            "has_bias": layer.has_bias,
-            "weight_dtype": layer.weight_dtype,
-            "quantized": layer.quantized,
-            "weight_source": {
-                "kind": layer.weight_source.kind,
-                "tensor": layer.weight_source.stored_name,
-                "through": list(layer.weight_source.chain),
-            },
-            "distance_from_input": layer.distance,
-            "mask_site": {"tensor": scoring.mask_site.tensor, "after": list(scoring.mask_site.passed)},
-        },
-        "data": {
-            "name": data.name,
-            "source": data.source,
-            "split": data.split,
-            "n": data.n,
-            "available": data.available,
-            "limit": data.limit,
-            "seed": data.seed,
-            "num_classes": data.num_classes,
-            "class_names": data.class_names,
-            "preprocessing": data.preprocessing.describe(),
-        },
+        "model": model_dict(model),
+        "layer": layer_dict(layer)
+        | {"mask_site": {"tensor": scoring.mask_site.tensor, "after": list(scoring.mask_site.passed)}},
+        "data": data_dict(data),
         "drop_mode": scoring.drop_mode,
         "baseline_accuracy": scoring.baseline_accuracy,
         "mean_accuracy": scoring.mean_accuracy,
@@ -117,6 +135,29 @@ def inspect_to_dict(report: InspectReport, *, include_timings: bool = True) -> d
     return doc
 
 
+def fgsm_list(entries: list[EpsilonAccuracy]) -> list[dict[str, Any]]:
+    """FGSM accuracy per ε."""
+    return [
+        {"epsilon": e.epsilon, "accuracy": e.accuracy, "ci95": list(e.ci95), "correct": e.correct, "n": e.n}
+        for e in entries
+    ]
+
+
+def targeting_list(entries: list[EpsilonTargeting]) -> list[dict[str, Any]]:
+    """Targeting fractions per ε > 0."""
+    return [
+        {
+            "epsilon": t.epsilon,
+            "fraction_attacking_fragile": t.fraction,
+            "fraction_attacking_fragile_normalized": t.fraction_normalized,
+            "attacking_fragile": t.attacking_fragile,
+            "attacking_fragile_normalized": t.attacking_fragile_normalized,
+            "n": t.n,
+        }
+        for t in entries
+    ]
+
+
 def _attack_dict(report: InspectReport) -> dict[str, Any]:
     attack = report.attack
     if attack is None:
@@ -131,21 +172,8 @@ def _attack_dict(report: InspectReport) -> dict[str, Any]:
             "images": attack.mirror.images,
             "first_divergence": attack.mirror.first_divergence,
         },
-        "fgsm": [
-            {"epsilon": e.epsilon, "accuracy": e.accuracy, "ci95": list(e.ci95), "correct": e.correct, "n": e.n}
-            for e in sweep.fgsm
-        ],
-        "targeting": [
-            {
-                "epsilon": t.epsilon,
-                "fraction_attacking_fragile": t.fraction,
-                "fraction_attacking_fragile_normalized": t.fraction_normalized,
-                "attacking_fragile": t.attacking_fragile,
-                "attacking_fragile_normalized": t.attacking_fragile_normalized,
-                "n": t.n,
-            }
-            for t in sweep.targeting
-        ],
+        "fgsm": fgsm_list(sweep.fgsm),
+        "targeting": targeting_list(sweep.targeting),
         "attack": {
             "name": "fgsm",
             "space": "pixels scaled to [0, 1] (pixel / 255) at the model's size, before normalization",
@@ -164,3 +192,72 @@ def _attack_dict(report: InspectReport) -> dict[str, Any]:
 def dumps(doc: dict[str, Any]) -> str:
     """Serialize a report document: sorted keys, stable float formatting, a trailing newline."""
     return json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def harden_to_dict(report: HardenReport, config: InspectConfig, *, include_timings: bool = True) -> dict[str, Any]:
+    """The ``harden`` report as plain JSON types (schema: docs/json-schema.md)."""
+
+    def measurement(m: Measurement | None) -> dict[str, Any] | None:
+        if m is None:
+            return None
+        return {
+            "clean_accuracy": m.clean_accuracy,
+            "fgsm": fgsm_list(m.fgsm),
+            "targeting": targeting_list(m.targeting),
+            "mirror_relative_diff": m.mirror_relative_diff,
+        }
+
+    info = report.filter
+    chosen = report.chosen
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kernelscope_version": report.kernelscope_version,
+        "command": "harden",
+        "model": model_dict(report.inputs.model_summary()),
+        "layer": layer_dict(report.inputs.layer),
+        "data": data_dict(report.inputs.data_summary(config)),
+        "drop_mode": report.scoring.drop_mode,
+        "fragile": report.scoring.fragile,
+        "null": report.scoring.null,
+        "harden": {
+            "noise_level": chosen.noise_level if chosen else None,
+            "svd_mode": report.svd_mode,
+            "tau": info.tau if info else None,
+            "alpha": info.alpha if info else None,
+            "kept_singular_values": info.kept_singular_values if info else None,
+            "rank": info.rank if info else None,
+            "singular_values": list(info.singular_values) if info else None,
+            "filtered_singular_values": list(info.filtered_singular_values) if info else None,
+            "forced": report.forced,
+            "audit_epsilon": report.audit_epsilon,
+            "validation_images": report.n_validation,
+            "evaluation_images": report.n_evaluation,
+            "original_validation": {
+                "clean_accuracy": report.original_validation[0],
+                "fgsm_accuracy": report.original_validation[1],
+            },
+            "candidates": [
+                {
+                    "noise_level": c.noise_level,
+                    "source": c.source,
+                    "tau": c.tau,
+                    "alpha": c.alpha,
+                    "kept_singular_values": c.kept_singular_values,
+                    "val_clean_accuracy": c.val_clean_accuracy,
+                    "val_fgsm_accuracy": c.val_fgsm_accuracy,
+                    "within_budget": c.within_budget,
+                }
+                for c in report.candidates
+            ],
+            "improved": report.improved,
+            "before": measurement(report.before),
+            "after": measurement(report.after),
+            "written": report.written[0] if report.written else None,
+            "files": report.written,
+        },
+        "warnings": report.warnings,
+        "verdict": report.verdict,
+    }
+    if include_timings:
+        doc["timings"] = {key: _finite(value) for key, value in report.timings.items()}
+    return doc

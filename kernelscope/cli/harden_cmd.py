@@ -1,0 +1,121 @@
+"""``kernelscope harden``: write a first-layer-hardened ONNX file, with an honest before/after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kernelscope.audit import InspectConfig
+from kernelscope.cli import options as opt
+from kernelscope.cli.context import console, error_console, progress_for
+from kernelscope.cli.render import render_harden
+from kernelscope.errors import AuditFailed
+from kernelscope.harden import HardenConfig, harden_model, write_hardened
+from kernelscope.io import atomic_write_text, check_output_path
+from kernelscope.report.json_report import dumps, harden_to_dict
+
+
+def harden_command(
+    model: Annotated[Path, typer.Argument(help="Classifier to harden: .onnx, or TorchScript .pt (torch.jit.save).")],
+    data: opt.DataOption,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the hardened ONNX file.")],
+    noise: Annotated[
+        float | None,
+        typer.Option(help="Force this noise level ε_n (skip the search); the file is written whatever it measures."),
+    ] = None,
+    svd: Annotated[
+        str, typer.Option(help="hard: keep σ ≥ τ (Gavish–Donoho hard threshold); cap: σ -> min(σ, τ).")
+    ] = "hard",
+    clean_budget: Annotated[
+        float,
+        typer.Option(
+            help="Largest clean-accuracy loss (a fraction, 0.01 = 1 point) a candidate may cost on validation."
+        ),
+    ] = 0.01,
+    eps: Annotated[
+        float | None,
+        typer.Option(help="The audit ε the search optimizes, in [0, 1] pixel units (default 0.01 colour, 0.1 gray)."),
+    ] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            "--sweep", help="ε list for the before/after table, e.g. 0.005,0.01 (default: the data's lin sweep)."
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of the images used to search; the rest judges the result.")
+    ] = 0.5,
+    data_dir: opt.DataDirOption = None,
+    split: opt.SplitOption = "test",
+    download: opt.DownloadOption = True,
+    limit: opt.LimitOption = None,
+    seed: opt.SeedOption = 0,
+    batch_size: opt.BatchSizeOption = 128,
+    layer: opt.LayerOption = None,
+    output: opt.OutputOption = None,
+    input_shape: opt.InputShapeOption = None,
+    drop: opt.DropOption = "weights",
+    eps_sweep: opt.EpsSweepOption = "lin",
+    bounds: opt.BoundsOption = "0,1",
+    atol: opt.AtolOption = None,
+    device: opt.DeviceOption = "auto",
+    threads: opt.ThreadsOption = None,
+    scale: opt.ScaleOption = None,
+    mean: opt.MeanOption = None,
+    std: opt.StdOption = None,
+    layout: opt.LayoutOption = None,
+    size: opt.SizeOption = None,
+    channels: opt.ChannelsOption = None,
+    json_path: opt.JsonOption = None,
+    force: opt.ForceOption = False,
+    quiet: opt.QuietOption = False,
+) -> None:
+    """SVD-filter the null kernels and amplify the fragile ones of the first Conv; measure before/after."""
+    check_output_path(out, force=force, inputs=(model,))
+    if Path(f"{out}.data").exists():  # the external-data file a hardened copy of an external-data model uses
+        check_output_path(Path(f"{out}.data"), force=force, inputs=(model,))
+    if json_path is not None:
+        check_output_path(json_path, force=force, inputs=(model, out))
+    inspect = InspectConfig(
+        data=data,
+        data_dir=data_dir,
+        split=split,
+        download=download,
+        layer=layer,
+        output=output,
+        input_shape=opt.parse_ints(input_shape, "--input-shape", 4),
+        drop=drop,
+        limit=limit,
+        seed=seed,
+        batch_size=batch_size,
+        preprocessing=opt.preprocessing_options(scale, mean, std, layout, size, channels),
+        providers=opt.providers_for(device),
+        threads=threads,
+        bootstrap=0,
+        epsilons=opt.parse_floats(sweep, "--sweep"),
+        eps_sweep=eps_sweep,
+        bounds=opt.parse_bounds(bounds),
+        atol=atol,
+    )
+    config = HardenConfig(
+        inspect=inspect,
+        noise=noise,
+        svd_mode=svd,
+        clean_budget=clean_budget,
+        audit_epsilon=eps,
+        val_fraction=val_fraction,
+    )
+    report = harden_model(model, config, progress=progress_for(quiet))
+    if report.hardened is not None:
+        write_hardened(report, out)
+    render_harden(console(), report, quiet=quiet)
+    if json_path is not None:
+        atomic_write_text(json_path, dumps(harden_to_dict(report, inspect)))
+        if not quiet:
+            error_console().print(f"[dim]wrote {json_path}[/dim]")
+    if report.hardened is None:
+        raise AuditFailed(
+            "no noise level improved FGSM accuracy on the validation split within the clean budget; nothing written"
+        )
