@@ -25,6 +25,7 @@ from kernelscope.data.preprocessing import (
     select_examples,
 )
 from kernelscope.errors import DataError, UsageError
+from kernelscope.fast_scoring import METHODS, FastScoring, fast_score, with_agreement
 from kernelscope.model.batching import Batching, resolve_batching
 from kernelscope.model.first_conv import ConvLayer, find_conv
 from kernelscope.model.loading import LoadedModel, TensorInfo, load_model
@@ -59,6 +60,8 @@ class InspectConfig:
     eps_sweep: str = "lin"
     bounds: tuple[float, float] = (0.0, 1.0)
     atol: float | None = None  # None: 1e-4, or 1e-2 for float16 graphs
+    method: str = "exact"  # "exact", "taylor" (estimate) or "hybrid"
+    compare_exact: bool = False  # with a fast method: also score exactly and report the agreement
 
 
 @dataclass(frozen=True)
@@ -105,12 +108,24 @@ class InspectReport:
     model: ModelSummary
     layer: ConvLayer
     data: DataSummary
-    scoring: ScoringResult
+    scoring: ScoringResult | None  # exact scores (None for a fast method without --compare-exact)
     holm_p_values: list[float]
     attack: AttackReport | None
     warnings: list[str]
     verdict: str
     timings: dict[str, float]
+    method: str = "exact"
+    fast: FastScoring | None = None
+
+    @property
+    def fragile(self) -> list[int]:
+        """S according to the chosen method."""
+        return self.fast.fragile if self.method != "exact" and self.fast else self.scoring.fragile
+
+    @property
+    def null(self) -> list[int]:
+        """S' according to the chosen method."""
+        return self.fast.null if self.method != "exact" and self.fast else self.scoring.null
 
 
 @dataclass
@@ -220,26 +235,39 @@ def inspect_model(
     )
     timings["build_session"] = time.perf_counter() - clock
     prepared = None
-    if config.attack:
-        # Before the (longer) scoring: an unsupported op or a mirror mismatch should fail fast.
+    if config.attack or config.method != "exact":
+        # Before the (longer) scoring: an unsupported op or a mirror mismatch should fail fast. The fast
+        # scorers use the mirror's gradients too, so they need the same parity check.
         clock = time.perf_counter()
         prepared = prepare_attack(
             batching, image_input, output.name, data, tolerance=config.atol, providers=config.providers
         )
         timings["mirror_check"] = time.perf_counter() - clock
-    scoring = score_kernels(
-        runner,
-        data,
-        batch_size=config.batch_size,
-        run_size=config.run_size,
-        seed=config.seed,
-        bootstrap=config.bootstrap,
-        progress=progress,
-    )
-    timings["scoring"] = scoring.seconds
-    timings["variant_images_per_second"] = scoring.variant_images_per_second
+    scoring = None
+    if config.method == "exact" or config.compare_exact:
+        scoring = score_kernels(
+            runner,
+            data,
+            batch_size=config.batch_size,
+            run_size=config.run_size,
+            seed=config.seed,
+            bootstrap=config.bootstrap,
+            progress=progress,
+        )
+        timings["scoring"] = scoring.seconds
+        timings["variant_images_per_second"] = scoring.variant_images_per_second
+    fast = None
+    if config.method != "exact":
+        fast = fast_score(
+            config.method, runner, data, batch_size=config.batch_size, run_size=config.run_size,
+            loss=prepared.preflight.loss, progress=progress,
+        )  # fmt: skip
+        timings[f"{config.method}_scoring"] = fast.seconds
+        if scoring is not None:
+            fast = with_agreement(fast, [k.accuracy for k in scoring.kernels], scoring.fragile)
+    fragile, null = (fast.fragile, fast.null) if fast is not None else (scoring.fragile, scoring.null)
     attack = None
-    if prepared is not None:
+    if prepared is not None and config.attack:
         attack = run_attack(
             prepared,
             batching,
@@ -247,8 +275,8 @@ def inspect_model(
             output.name,
             layer,
             data,
-            fragile=scoring.fragile,
-            null=scoring.null,
+            fragile=fragile,
+            null=null,
             epsilons=config.epsilons,
             sweep=config.eps_sweep,
             bounds=config.bounds,
@@ -262,8 +290,11 @@ def inspect_model(
 
     summary = inputs.model_summary()
     data_summary = inputs.data_summary(config)
-    holm = holm_adjust(np.array([k.p_value for k in scoring.kernels])).tolist()
-    warnings = _warnings(scoring, num_classes, runner)
+    holm = holm_adjust(np.array([k.p_value for k in scoring.kernels])).tolist() if scoring else []
+    warnings = _warnings(scoring, num_classes, runner) if scoring else []
+    if fast is not None:
+        warnings.insert(0, _fast_note(fast))
+    verdict = _verdict(layer, scoring, holm) if config.method == "exact" else _fast_verdict(layer, fast)
     return InspectReport(
         kernelscope_version=__version__,
         model=summary,
@@ -273,8 +304,10 @@ def inspect_model(
         holm_p_values=holm,
         attack=attack,
         warnings=warnings + (_attack_warnings(attack) if attack else []),
-        verdict=_verdict(layer, scoring, holm) + (_attack_verdict(attack) if attack else ""),
+        verdict=verdict + (_attack_verdict(attack) if attack else ""),
         timings=timings,
+        method=config.method,
+        fast=fast,
     )
 
 
@@ -287,6 +320,8 @@ def _check_config(config: InspectConfig) -> None:
         raise UsageError(f"--limit must be a positive number of images, not {config.limit}")
     if config.bootstrap < 0:
         raise UsageError(f"--bootstrap must be 0 or more resamples, not {config.bootstrap}")
+    if config.method not in METHODS:
+        raise UsageError(f"--method must be exact, taylor or hybrid, not {config.method!r}")
     if config.eps_sweep not in ("lin", "log"):
         raise UsageError(f"--eps-sweep must be 'lin' or 'log', not {config.eps_sweep!r}")
     if config.atol is not None and not config.atol > 0:
@@ -366,6 +401,31 @@ def _warnings(scoring: ScoringResult, num_classes: int | None, runner: KernelDro
             "their S / S' label is uncertain"
         )
     return notes
+
+
+def _fast_note(fast: FastScoring) -> str:
+    what = (
+        "a first-order Taylor ESTIMATE (no kernel was dropped for real)"
+        if fast.method == "taylor"
+        else f"a hybrid: Taylor screening, {len(fast.exact_kernels)} kernel(s) scored exactly, the others estimated"
+    )
+    text = f"S / S' come from {what}"
+    if fast.agreement is not None:
+        text += (
+            f"; against exact scoring: Spearman {fast.agreement.spearman:.3f}, same side for "
+            f"{fast.agreement.split_agreement:.0%} of kernels"
+        )
+    return text
+
+
+def _fast_verdict(layer: ConvLayer, fast: FastScoring) -> str:
+    total = len(fast.importance)
+    top = int(np.argmax(fast.importance))
+    label = "Taylor estimate" if fast.method == "taylor" else "hybrid scorer"
+    return (
+        f"By the {label}, {len(fast.fragile)} of {total} kernels of {layer.op_type} '{layer.name}' "
+        f"({len(fast.fragile) / total:.0%}) are fragile; the most important is kernel {top}."
+    )
 
 
 def _attack_warnings(attack: AttackReport) -> list[str]:

@@ -175,6 +175,41 @@ def plan_groups(variants: int, images_per_run: int, run_size: int) -> list[np.nd
     return [g for g in np.array_split(np.arange(variants), groups) if g.size]
 
 
+def predict_variants(
+    runner: KernelDropRunner,
+    data: PreparedData,
+    masks: np.ndarray,
+    *,
+    batch_size: int = 128,
+    run_size: int = DEFAULT_RUN_SIZE,
+    progress: Progress = NO_PROGRESS,
+    description: str = "Evaluating kernel variants",
+) -> tuple[np.ndarray, BatchPlan]:
+    """Predicted classes (V, N) of every image under each row of ``masks``; each image batch is
+    preprocessed once and shared by balanced groups of variants."""
+    variants, n = masks.shape[0], len(data)
+    images_per_run = batch_size if runner.batchable else (runner.fixed_batch or 1)
+    groups = plan_groups(variants, images_per_run, run_size) if runner.batchable else [np.arange(variants)]
+    preds = np.empty((variants, n), dtype=np.int64)
+    runs = 0
+    with progress.task(description, total=variants * n) as task:
+        start = 0
+        for x, labels in data.batches(batch_size):
+            for group in groups:
+                preds[group, start : start + len(labels)] = runner.predict(x, masks[group])
+                runs += 1 if runner.batchable else len(group) * math.ceil(len(labels) / images_per_run)
+                task.advance(len(group) * len(labels))
+            start += len(labels)
+    plan = BatchPlan(
+        fixed_batch=runner.fixed_batch,
+        batch_made_dynamic=runner.batch_made_dynamic,
+        variants_per_run=max(len(g) for g in groups) if runner.batchable else 1,
+        images_per_run=images_per_run,
+        runs=runs,
+    )
+    return preds, plan
+
+
 def score_kernels(
     runner: KernelDropRunner,
     data: PreparedData,
@@ -192,20 +227,11 @@ def score_kernels(
     """
     started = time.perf_counter()
     channels = runner.channels
-    masks = drop_masks(channels)
+    preds, plan = predict_variants(
+        runner, data, drop_masks(channels), batch_size=batch_size, run_size=run_size, progress=progress,
+        description=f"Scoring {channels} kernels on {len(data)} images",
+    )  # fmt: skip
     n = len(data)
-    images_per_run = batch_size if runner.batchable else (runner.fixed_batch or 1)
-    groups = plan_groups(channels + 1, images_per_run, run_size) if runner.batchable else [np.arange(channels + 1)]
-    preds = np.empty((channels + 1, n), dtype=np.int64)
-    runs = 0
-    with progress.task(f"Scoring {channels} kernels on {n} images", total=(channels + 1) * n) as task:
-        start = 0
-        for x, labels in data.batches(batch_size):
-            for group in groups:
-                preds[group, start : start + len(labels)] = runner.predict(x, masks[group])
-                runs += 1 if runner.batchable else len(group) * math.ceil(len(labels) / images_per_run)
-                task.advance(len(group) * len(labels))
-            start += len(labels)
     correct = preds == data.labels[None, :]
     counts = correct.sum(axis=1)
     base_correct = correct[0]
@@ -242,13 +268,7 @@ def score_kernels(
         fragile=[k for k in range(channels) if fragile_mask[k]],
         null=[k for k in range(channels) if not fragile_mask[k]],
         mask_site=runner.site,
-        plan=BatchPlan(
-            fixed_batch=runner.fixed_batch,
-            batch_made_dynamic=runner.batch_made_dynamic,
-            variants_per_run=max(len(g) for g in groups) if runner.batchable else 1,
-            images_per_run=images_per_run,
-            runs=runs,
-        ),
+        plan=plan,
         bootstrap_resamples=bootstrap,
         seconds=time.perf_counter() - started,
     )

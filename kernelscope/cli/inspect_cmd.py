@@ -29,6 +29,16 @@ def inspect_command(
     output: opt.OutputOption = None,
     input_shape: opt.InputShapeOption = None,
     drop: opt.DropOption = "weights",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="exact (drop every kernel), taylor (one-pass first-order estimate) or hybrid (Taylor, then "
+            "exact where in doubt)."
+        ),
+    ] = "exact",
+    compare_exact: Annotated[
+        bool, typer.Option(help="With --method taylor/hybrid: also score exactly and report the agreement.")
+    ] = False,
     bootstrap: Annotated[
         int, typer.Option(help="Bootstrap resamples for the stability of each kernel's S/S' side.")
     ] = 1000,
@@ -85,6 +95,8 @@ def inspect_command(
         eps_sweep=eps_sweep,
         bounds=opt.parse_bounds(bounds),
         atol=atol,
+        method=method,
+        compare_exact=compare_exact,
     )
     report = inspect_model(model, config, progress=progress_for(quiet))
     render_inspect(console(), report, top=top, quiet=quiet)

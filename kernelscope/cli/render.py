@@ -70,14 +70,13 @@ def layer_table(report: InspectReport) -> Table:
 
 
 def _drop_description(report: InspectReport) -> str:
-    site = report.scoring.mask_site
-    meaning = (
-        "W[k] = 0, b[k] = 0" if report.scoring.drop_mode == "weights" else "channel k = 0 after BN / bias / activation"
-    )
+    source = report.scoring if report.scoring is not None else report.fast
+    site, mode = source.mask_site, source.drop_mode
+    meaning = "W[k] = 0, b[k] = 0" if mode == "weights" else "channel k = 0 after BN / bias / activation"
     where = f"applied as a channel mask on {site.tensor!r}"
     if site.passed:
         where += f" after {', '.join(p.split(':', 1)[0] for p in site.passed)}"
-    return f"{report.scoring.drop_mode} ({meaning}), {where}"
+    return f"{mode} ({meaning}), {where}"
 
 
 def data_table(report: InspectReport) -> Table:
@@ -171,14 +170,38 @@ def attack_table(report: InspectReport) -> Table | None:
     return table
 
 
+def importance_table(report: InspectReport, top: int | None = None) -> Table:
+    """Kernels ranked by the fast scorer (an estimate, and labelled as one)."""
+    fast = report.fast
+    label = "Taylor ESTIMATE" if fast.method == "taylor" else "hybrid (Taylor screen + exact where in doubt)"
+    table = Table(title=f"Kernels by importance, {label}", title_justify="left", min_width=76)
+    columns = ["k", "set", "importance"] + (["acc", "exact"] if fast.accuracies is not None else [])
+    for name in columns:
+        table.add_column(name, justify="center" if name in ("set", "exact") else "right", no_wrap=True)
+    order = sorted(range(len(fast.importance)), key=lambda k: (-fast.importance[k], k))
+    fragile = set(fast.fragile)
+    for k in order if top is None else order[:top]:
+        mark = Text("S", style="bold red") if k in fragile else Text("S'", style="green")
+        row = [str(k), mark, f"{fast.importance[k]:.4g}"]
+        if fast.accuracies is not None:
+            row += [f"{fast.accuracies[k]:.2%}", "yes" if k in fast.exact_kernels else "est."]
+        table.add_row(*row)
+    caption = "importance: mean |first-order change of the loss| when the kernel's channel is zeroed"
+    if fast.agreement is not None:
+        caption += (
+            f"; vs exact: Spearman {fast.agreement.spearman:.3f}, same side for {fast.agreement.split_agreement:.0%}"
+        )
+    table.caption = caption
+    return table
+
+
 def verdict_panel(report: InspectReport) -> Panel:
     """The one-paragraph verdict plus warnings."""
     body = [Text(report.verdict)]
     for warning in report.warnings:
         body.append(Text(f"⚠ {warning}", style="yellow"))
-    s = report.scoring
-    body.append(Text(f"S (fragile): {s.fragile}", style="red"))
-    body.append(Text(f"S' (null):   {s.null}", style="green"))
+    body.append(Text(f"S (fragile): {report.fragile}", style="red"))
+    body.append(Text(f"S' (null):   {report.null}", style="green"))
     return Panel(Group(*body), title="Verdict", title_align="left")
 
 
@@ -193,19 +216,26 @@ def render_inspect(console: Console, report: InspectReport, top: int | None = No
     console.print()
     console.print(data_table(report))
     console.print()
-    console.print(kernel_table(report, top))
+    if report.fast is not None:
+        console.print(importance_table(report, top))
+        console.print()
+    if report.scoring is not None:
+        console.print(kernel_table(report, top))
     table = attack_table(report)
     if table is not None:
         console.print()
         console.print(table)
     timing, scoring = report.timings, report.scoring
-    console.print(
-        f"scored {len(scoring.kernels) + 1} variants x {scoring.n_images} images in {timing.get('scoring', 0):.2f} s "
-        f"({timing.get('variant_images_per_second', 0):,.0f} variant-images/s, {scoring.plan.variants_per_run} "
-        f"variant(s) x {scoring.plan.images_per_run} images per run)",
-        style="dim",
-        markup=False,
-    )
+    if scoring is not None:
+        console.print(
+            f"scored {len(scoring.kernels) + 1} variants x {scoring.n_images} images in "
+            f"{timing.get('scoring', 0):.2f} s ({timing.get('variant_images_per_second', 0):,.0f} variant-images/s, "
+            f"{scoring.plan.variants_per_run} variant(s) x {scoring.plan.images_per_run} images per run)",
+            style="dim",
+            markup=False,
+        )
+    if report.fast is not None:
+        console.print(f"{report.fast.method} scoring took {report.fast.seconds:.2f} s", style="dim", markup=False)
     console.print(verdict_panel(report))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from kernelscope.attacks.sweep import EpsilonAccuracy, EpsilonTargeting
 from kernelscope.audit import DataSummary, InspectConfig, InspectReport, ModelSummary
+from kernelscope.fast_scoring import FastScoring
 from kernelscope.harden import HardenReport, Measurement
 from kernelscope.model.first_conv import ConvLayer
 from kernelscope.model.loading import TensorInfo
@@ -85,41 +86,30 @@ def data_dict(data: DataSummary) -> dict[str, Any]:
 
 def inspect_to_dict(report: InspectReport, *, include_timings: bool = True) -> dict[str, Any]:
     """The ``inspect`` report as plain JSON types. Everything but ``timings`` is deterministic for a seed."""
-    model, layer, data, scoring = report.model, report.layer, report.data, report.scoring
+    model, layer, data, scoring, fast = report.model, report.layer, report.data, report.scoring, report.fast
+    site = scoring.mask_site if scoring else fast.mask_site
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "kernelscope_version": report.kernelscope_version,
         "command": "inspect",
         "model": model_dict(model),
-        "layer": layer_dict(layer)
-        | {"mask_site": {"tensor": scoring.mask_site.tensor, "after": list(scoring.mask_site.passed)}},
+        "layer": layer_dict(layer) | {"mask_site": {"tensor": site.tensor, "after": list(site.passed)}},
         "data": data_dict(data),
-        "drop_mode": scoring.drop_mode,
-        "baseline_accuracy": scoring.baseline_accuracy,
-        "mean_accuracy": scoring.mean_accuracy,
-        "kernels": [
-            {
-                "index": k.index,
-                "accuracy": k.accuracy,
-                "delta": k.delta,
-                "fragile": k.fragile,
-                "correct_to_wrong": k.correct_to_wrong,
-                "wrong_to_correct": k.wrong_to_correct,
-                "p_value": k.p_value,
-                "p_value_holm": holm,
-                "split_stability": k.split_stability,
-                "changed_predictions": k.changed_predictions,
-                "weight_norm": k.weight_norm,
-            }
-            for k, holm in zip(scoring.kernels, report.holm_p_values, strict=True)
-        ],
-        "fragile": scoring.fragile,
-        "null": scoring.null,
+        "method": report.method,
+        "drop_mode": scoring.drop_mode if scoring else fast.drop_mode,
+        "baseline_accuracy": _baseline(report),
+        "mean_accuracy": scoring.mean_accuracy if scoring else None,
+        "kernels": _kernels(report),
+        "fragile": report.fragile,
+        "null": report.null,
+        "estimate": _estimate(fast),
         "statistics": {
             "test": "exact McNemar (two-sided) of kernel-dropped vs baseline predictions; Holm-adjusted over kernels",
-            "bootstrap_resamples": scoring.bootstrap_resamples,
+            "bootstrap_resamples": scoring.bootstrap_resamples if scoring else 0,
         },
-        "execution": {
+        "execution": None
+        if scoring is None
+        else {
             "fixed_batch": scoring.plan.fixed_batch,
             "batch_made_dynamic": scoring.plan.batch_made_dynamic,
             "variants_per_run": scoring.plan.variants_per_run,
@@ -156,6 +146,60 @@ def targeting_list(entries: list[EpsilonTargeting]) -> list[dict[str, Any]]:
         }
         for t in entries
     ]
+
+
+def _baseline(report: InspectReport) -> float | None:
+    if report.scoring is not None:
+        return report.scoring.baseline_accuracy
+    if report.fast is not None and report.fast.baseline_accuracy is not None:
+        return report.fast.baseline_accuracy
+    return report.attack.sweep.fgsm[0].accuracy if report.attack else None
+
+
+def _kernels(report: InspectReport) -> list[dict[str, Any]]:
+    """Per-kernel entries: exact scores when computed, plus the fast method's importance / estimate."""
+    scoring, fast = report.scoring, report.fast
+    count = len(scoring.kernels) if scoring else len(fast.importance)
+    fragile = set(report.fragile)
+    norms = report.layer.kernel_norms()
+    entries: list[dict[str, Any]] = []
+    for k in range(count):
+        entry: dict[str, Any] = {"index": k, "fragile": k in fragile, "weight_norm": float(norms[k])}
+        if scoring is not None:
+            s = scoring.kernels[k]
+            entry |= {
+                "accuracy": s.accuracy,
+                "delta": s.delta,
+                "exact_fragile": s.fragile,
+                "correct_to_wrong": s.correct_to_wrong,
+                "wrong_to_correct": s.wrong_to_correct,
+                "p_value": s.p_value,
+                "p_value_holm": report.holm_p_values[k],
+                "split_stability": s.split_stability,
+                "changed_predictions": s.changed_predictions,
+            }
+        else:
+            entry["accuracy"] = fast.accuracies[k] if fast.accuracies is not None else None
+        if fast is not None:
+            entry["importance"] = fast.importance[k]
+            entry["scored_exactly"] = scoring is not None or k in fast.exact_kernels
+        entries.append(entry)
+    return entries
+
+
+def _estimate(fast: FastScoring | None) -> dict[str, Any] | None:
+    if fast is None:
+        return None
+    agreement = fast.agreement
+    return {
+        "method": fast.method,
+        "is_estimate": True,
+        "exact_kernels": fast.exact_kernels,
+        "seconds": fast.seconds,
+        "agreement_with_exact": None
+        if agreement is None
+        else {"spearman": agreement.spearman, "split_agreement": agreement.split_agreement},
+    }
 
 
 def _attack_dict(report: InspectReport) -> dict[str, Any]:

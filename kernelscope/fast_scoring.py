@@ -1,0 +1,244 @@
+"""Fast kernel scorers: a first-order Taylor estimate, and a hybrid that settles the split exactly.
+
+``taylor``: one forward+backward per image batch through the PyTorch mirror gives, for every image and
+kernel, the first-order change of the loss when the kernel's channel y_k is zeroed, -Σ y_k·∂L/∂y_k (read at
+the same tensor the exact scorer masks). Its magnitude averaged over images is the kernel's importance (the
+criterion of Molchanov et al., 2017: signed changes cancel across images and rank kernels poorly). The mean
+rule on it (importance above the mean = fragile) gives an estimated S / S'. It is an estimate and is
+reported as one.
+
+``hybrid``: Taylor first, then exact scoring (the same one-session engine) of the kernels whose side is in
+doubt. The exact accuracies measured so far calibrate the estimates of the others (a least-squares line);
+a kernel not scored exactly counts as settled when its predicted accuracy is further from the estimated mean
+than four residual standard deviations. Rounds of exact scoring continue, nearest-to-the-line first, until
+every kernel is settled or scored.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernelscope.data.preprocessing import PreparedData
+from kernelscope.errors import ModelError
+from kernelscope.model.surgery.kernel_mask import MaskSite
+from kernelscope.progress import NO_PROGRESS, Progress
+from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, predict_variants
+
+METHODS = ("exact", "taylor", "hybrid")
+
+
+@dataclass(frozen=True)
+class TaylorEstimate:
+    """First-order estimate of the mean loss increase when each kernel is dropped."""
+
+    importance: np.ndarray  # (C,) mean |first-order loss change| of zeroing each kernel
+    fragile: list[int]
+    null: list[int]
+    n_images: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class HybridResult:
+    """The hybrid scorer's split, with the kernels it scored exactly."""
+
+    fragile: list[int]
+    null: list[int]
+    exact_kernels: list[int]  # scored exactly
+    accuracies: np.ndarray  # (C,) exact where scored, calibrated estimate elsewhere
+    baseline_accuracy: float
+    taylor: TaylorEstimate
+    seconds: float
+
+
+def _mean_rule(values: np.ndarray, fragile_when_high: bool) -> tuple[list[int], list[int]]:
+    mean = float(values.mean())
+    fragile = [k for k, v in enumerate(values) if (v > mean if fragile_when_high else v < mean)]
+    return fragile, [k for k in range(len(values)) if k not in fragile]
+
+
+def taylor_estimate(
+    runner: KernelDropRunner, data: PreparedData, *, batch_size: int = 128, loss: str = "cross_entropy",
+    progress: Progress = NO_PROGRESS,
+) -> TaylorEstimate:  # fmt: skip
+    """One forward+backward per image batch through the mirror (see module docstring)."""
+    import torch
+    import torch.nn.functional as F
+
+    from kernelscope.mirror import OnnxMirror
+
+    started = time.perf_counter()
+    site, output = runner.site.tensor, runner.output
+    mirror = OnnxMirror(runner.batching.proto, outputs=[output])
+    if not mirror.computes(site):
+        raise ModelError(f"the mirror cannot expose the tensor {site!r} needed by the Taylor estimate")
+    if not runner.batchable:
+        batch_size = runner.fixed_batch or 1
+    total = np.zeros(runner.channels, dtype=np.float64)
+    n = 0
+    with progress.task(f"Taylor estimate for {runner.channels} kernels on {len(data)} images", len(data)) as task:
+        for x, labels in data.batches(batch_size):
+            if len(labels) != batch_size and not runner.batchable:
+                break  # a fixed-batch graph cannot take the short last batch; the estimate uses the full ones
+            # The input must require a gradient: the mirror's weights are constants, not parameters.
+            values = mirror.run({runner.image_input: torch.from_numpy(x).requires_grad_(True)}, [site, output])
+            channel, scores = values[site], values[output].reshape(len(labels), -1)
+            target = torch.from_numpy(labels)
+            if loss == "nll_of_probabilities":
+                value = F.nll_loss(torch.log(scores.clamp_min(1e-30)), target, reduction="sum")
+            else:
+                value = F.cross_entropy(scores, target, reduction="sum")
+            (grad,) = torch.autograd.grad(value, channel)
+            # Per image: the first-order loss change of zeroing channel k is -sum(y_k * dL/dy_k); its
+            # magnitude, averaged over images, is the importance (signed sums cancel across images).
+            change = (channel * grad).flatten(2).sum(2).detach().double().abs()
+            total += change.sum(0).numpy()
+            n += len(labels)
+            task.advance(len(labels))
+    if n == 0:
+        raise ModelError("the Taylor estimate saw no image (a fixed-batch model needs at least one full batch)")
+    importance = total / n
+    fragile, null = _mean_rule(importance, fragile_when_high=True)
+    return TaylorEstimate(importance, fragile, null, n, time.perf_counter() - started)
+
+
+def hybrid_split(
+    runner: KernelDropRunner,
+    data: PreparedData,
+    *,
+    batch_size: int = 128,
+    run_size: int = DEFAULT_RUN_SIZE,
+    round_size: int = 8,
+    loss: str = "cross_entropy",
+    progress: Progress = NO_PROGRESS,
+) -> HybridResult:
+    """Taylor screening plus exact scoring of the doubtful kernels until the split is settled."""
+    started = time.perf_counter()
+    estimate = taylor_estimate(runner, data, batch_size=batch_size, loss=loss, progress=progress)
+    channels = runner.channels
+    labels = data.labels
+    exact: dict[int, float] = {}
+    baseline = None
+
+    def score(kernels: list[int]) -> None:
+        nonlocal baseline
+        masks = np.ones((len(kernels) + 1, channels), dtype=np.float32)
+        masks[np.arange(1, len(kernels) + 1), kernels] = 0.0
+        preds, _ = predict_variants(
+            runner, data, masks, batch_size=batch_size, run_size=run_size, progress=progress,
+            description=f"Exact scoring of {len(kernels)} kernel(s)",
+        )  # fmt: skip
+        accuracy = (preds == labels[None, :]).mean(axis=1)
+        baseline = float(accuracy[0])
+        exact.update({k: float(a) for k, a in zip(kernels, accuracy[1:], strict=True)})
+
+    # First round: kernels spread over the Taylor ranking, so the calibration line sees its whole range.
+    order = np.argsort(-estimate.importance)
+    first = sorted({int(order[i]) for i in np.linspace(0, channels - 1, min(round_size, channels)).round().astype(int)})
+    score(first)
+    while True:
+        predicted, residual = _calibrate(estimate.importance, exact)
+        mean = float(predicted.mean())
+        # The mean itself is uncertain by the unscored kernels' residuals; a side is settled beyond both.
+        unscored = [k for k in range(channels) if k not in exact]
+        margin = 4 * residual + 4 * residual * np.sqrt(len(unscored)) / channels
+        doubtful = [k for k in unscored if abs(predicted[k] - mean) <= margin]
+        near_line = [k for k in exact if abs(exact[k] - mean) <= 4 * residual * np.sqrt(len(unscored)) / channels]
+        if not doubtful and not (near_line and unscored):
+            break
+        pool = doubtful or unscored
+        pool.sort(key=lambda k: abs(predicted[k] - mean))
+        score(pool[:round_size])
+    predicted, _ = _calibrate(estimate.importance, exact)
+    fragile, null = _mean_rule(predicted, fragile_when_high=False)
+    return HybridResult(
+        fragile=fragile,
+        null=null,
+        exact_kernels=sorted(exact),
+        accuracies=predicted,
+        baseline_accuracy=float(baseline if baseline is not None else np.nan),
+        taylor=estimate,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _calibrate(increase: np.ndarray, exact: dict[int, float]) -> tuple[np.ndarray, float]:
+    """Accuracies: exact where known, a least-squares line in the Taylor estimate elsewhere; and the
+    residual standard deviation of that line on the exact ones (conservative while points are few)."""
+    known = np.array(sorted(exact))
+    values = np.array([exact[k] for k in known])
+    if len(known) >= 3 and np.ptp(increase[known]) > 0:
+        slope, intercept = np.polyfit(increase[known], values, 1)
+        fitted = slope * increase + intercept
+        residual = float(np.sqrt(np.sum((values - fitted[known]) ** 2) / (len(known) - 2)))
+    else:
+        fitted = np.full(increase.shape, values.mean())
+        residual = float(values.std())
+    if len(known) < 4:  # too few points to trust the line's own error estimate
+        residual = max(residual, float(values.std()))
+    predicted = fitted.copy()
+    predicted[known] = values
+    return predicted, residual
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How a fast scorer's result compares with exact scoring of the same data."""
+
+    spearman: float  # rank correlation of importance (or hybrid accuracy) with exact accuracy, oriented so 1 = same
+    split_agreement: float  # share of kernels with the same S / S' side
+
+
+@dataclass(frozen=True)
+class FastScoring:
+    """The result of ``--method taylor`` or ``--method hybrid``, in one shape for reports."""
+
+    method: str
+    importance: list[float]
+    fragile: list[int]
+    null: list[int]
+    exact_kernels: list[int]
+    accuracies: list[float] | None  # hybrid: exact where scored, calibrated estimate elsewhere
+    baseline_accuracy: float | None
+    n_images: int
+    seconds: float
+    drop_mode: str
+    mask_site: MaskSite
+    agreement: Agreement | None = None
+
+
+def fast_score(
+    method: str, runner: KernelDropRunner, data: PreparedData, *, batch_size: int = 128,
+    run_size: int = DEFAULT_RUN_SIZE, loss: str = "cross_entropy", progress: Progress = NO_PROGRESS,
+) -> FastScoring:  # fmt: skip
+    """Run the ``taylor`` or ``hybrid`` scorer and package its result."""
+    if method == "taylor":
+        t = taylor_estimate(runner, data, batch_size=batch_size, loss=loss, progress=progress)
+        return FastScoring(
+            "taylor", t.importance.tolist(), t.fragile, t.null, [], None, None, t.n_images, t.seconds, runner.drop,
+            runner.site,
+        )  # fmt: skip
+    if method == "hybrid":
+        h = hybrid_split(runner, data, batch_size=batch_size, run_size=run_size, loss=loss, progress=progress)
+        return FastScoring(
+            "hybrid", h.taylor.importance.tolist(), h.fragile, h.null, h.exact_kernels, h.accuracies.tolist(),
+            h.baseline_accuracy, len(data), h.seconds, runner.drop, runner.site,
+        )  # fmt: skip
+    raise ValueError(f"unknown fast method {method!r}")
+
+
+def with_agreement(fast: FastScoring, exact_accuracies: list[float], exact_fragile: list[int]) -> FastScoring:
+    """``fast`` with its agreement against exact scores of the same kernels and data."""
+    from dataclasses import replace
+
+    from scipy.stats import spearmanr
+
+    exact = np.asarray(exact_accuracies)
+    # Taylor importance grows as accuracy falls: compare ranks of -importance with accuracy.
+    ours = np.asarray(fast.accuracies) if fast.accuracies is not None else -np.asarray(fast.importance)
+    rho = float(spearmanr(ours, exact).statistic) if np.ptp(exact) > 0 and np.ptp(ours) > 0 else float("nan")
+    same = np.mean([(k in fast.fragile) == (k in exact_fragile) for k in range(len(exact))])
+    return replace(fast, agreement=Agreement(rho, float(same)))
