@@ -249,7 +249,10 @@ def peak_rss_mb(data_spec: str) -> float:
             "import resource, sys\n"
             "from kernelscope.cli.app import main\n"
             f"code = main({argv!r})\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+            # VmHWM belongs to this program's own address space; ru_maxrss would also count the parent's
+            # pages the child had right after fork, before exec.
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+            "print(int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
             "sys.exit(code)\n"
         )
         done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

@@ -228,7 +228,8 @@ def export(model: nn.Module, out_dir: Path) -> tuple[Path, Path]:
 
     with torch.no_grad():
         traced = torch.jit.trace(model, (dummy,))
-    torch.jit.save(traced, str(ts_path), _extra_files={"kernelscope.json": json.dumps(torchscript_metadata())})
+    extra_files = {"kernelscope.json": json.dumps(torchscript_metadata())}
+    torch.jit.save(traced, str(ts_path), _extra_files=extra_files)
     return onnx_path, ts_path
 
 
