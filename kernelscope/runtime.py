@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,8 +12,19 @@ import onnx
 from kernelscope.errors import ModelError
 from kernelscope.model.loading import serialize_for_runtime
 
-# Silence onnxruntime's C++ warnings (e.g. about unused initializers) unless the user asks for them.
-_LOG_SEVERITY = int(os.environ.get("KERNELSCOPE_ORT_LOG_LEVEL", "3"))
+# Silence onnxruntime's C++ log (warnings about unused initializers, and its own copy of every error, which
+# kernelscope reports as one ModelError line) unless the user asks for it: 0 verbose .. 3 error, 4 fatal.
+_LOG_SEVERITY = int(os.environ.get("KERNELSCOPE_ORT_LOG_LEVEL", "4"))
+
+
+def session_options():  # -> onnxruntime.SessionOptions
+    """Session options with onnxruntime's own logging quiet; the default logger too (it logs load errors)."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(_LOG_SEVERITY)
+    options = ort.SessionOptions()
+    options.log_severity_level = _LOG_SEVERITY
+    return options
 
 
 def default_providers() -> list[str]:
@@ -30,8 +42,7 @@ def make_session(
     """An onnxruntime session for an in-memory model, with a one-line error when the runtime refuses it."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = _LOG_SEVERITY
+    options = session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
@@ -56,7 +67,17 @@ def run_many(session, feeds: dict[str, np.ndarray], outputs: Sequence[str]) -> l
         raise ModelError(f"onnxruntime failed while running the model: {_first_line(exc)}") from None
 
 
+_ORT_NOISE = (
+    re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : "),  # status prefixes, often nested
+    re.compile(r"(?:/\S*/)?[\w.]+\.(?:cc|cpp|h):\d+\s*"),  # C++ source locations
+    re.compile(r"onnxruntime::[\w:~<>]+\((?:[^()]|\([^()]*\))*\)\s*"),  # C++ signatures
+)
+
+
 def _first_line(exc: BaseException) -> str:
+    """The first line of an onnxruntime error, without C++ source locations and signatures, at most 300 chars."""
     text = str(exc).strip()
     line = text.splitlines()[0] if text else type(exc).__name__
-    return line[:300]
+    for pattern in _ORT_NOISE:
+        line = pattern.sub("", line)
+    return " ".join(line.split())[:300] or type(exc).__name__

@@ -153,7 +153,7 @@ def _mask5(masks: np.ndarray) -> np.ndarray:
 
 
 def _argmax(out: np.ndarray, variants: int, images: int) -> np.ndarray:
-    if out.shape[0] != variants * images:
+    if out.ndim == 0 or out.shape[0] != variants * images:
         raise ModelError(
             f"the model's output has batch {out.shape[0]} for {variants * images} inputs; kernelscope expects "
             "the batch on the output's first axis"

@@ -17,13 +17,16 @@ def kernel_norms(outputs: np.ndarray) -> np.ndarray:
     rows = np.ascontiguousarray(outputs, dtype=np.float32).reshape(n * c, 1, -1)
     # A batched dot product per (example, kernel) runs through BLAS: several times faster than
     # np.linalg.norm or einsum on these shapes, with no squared temporary.
-    squares = np.matmul(rows, rows.transpose(0, 2, 1)).reshape(n, c)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge activations saturate to inf, without a warning
+        squares = np.matmul(rows, rows.transpose(0, 2, 1)).reshape(n, c)
     return np.sqrt(squares.astype(np.float64))
 
 
 def kernel_distances(clean: np.ndarray, adversarial: np.ndarray) -> np.ndarray:
     """Per-example, per-kernel L2 distance (N, C) between two (N, C, H, W) conv outputs."""
-    return kernel_norms(adversarial.astype(np.float32, copy=False) - clean.astype(np.float32, copy=False))
+    with np.errstate(over="ignore", invalid="ignore"):
+        delta = adversarial.astype(np.float32, copy=False) - clean.astype(np.float32, copy=False)
+    return kernel_norms(delta)
 
 
 def attacks_fragile(
@@ -35,6 +38,7 @@ def attacks_fragile(
         return none, none
     raw = distances[:, fragile].mean(axis=1) > distances[:, null].mean(axis=1)
     # A kernel whose clean output is exactly zero everywhere has zero distance too (it is a zero kernel).
-    relative = np.divide(distances, norms, out=np.zeros_like(distances), where=norms > 0)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf / inf on overflowing activations: NaN, no warning
+        relative = np.divide(distances, norms, out=np.zeros_like(distances), where=norms > 0)
     normalized = relative[:, fragile].mean(axis=1) > relative[:, null].mean(axis=1)
     return raw, normalized

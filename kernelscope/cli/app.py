@@ -6,8 +6,10 @@ Every user-fixable problem surfaces as one line on stderr and exit code 2 (1 for
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from collections.abc import Callable
 
 import typer
 from typer.exceptions import TyperException
@@ -17,6 +19,24 @@ from kernelscope.cli.harden_cmd import harden_command
 from kernelscope.cli.inspect_cmd import inspect_command
 from kernelscope.errors import KernelscopeError
 
+
+class _Interrupted(Exception):
+    """Ctrl-C inside a command. typer would turn a KeyboardInterrupt into a silent exit code 130."""
+
+
+def _interruptible(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with Ctrl-C re-raised as :class:`_Interrupted`, so :func:`main` can say so on stderr."""
+
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> None:
+        try:
+            command(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise _Interrupted from None
+
+    return run
+
+
 app = typer.Typer(
     name="kernelscope",
     help="Deployment-time audits of the first convolution of image classifiers (ONNX, TorchScript).",
@@ -24,8 +44,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("inspect")(inspect_command)
-app.command("harden")(harden_command)
+app.command("inspect")(_interruptible(inspect_command))
+app.command("harden")(_interruptible(harden_command))
 
 
 def _version(value: bool) -> None:
@@ -69,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         name = getattr(ctx, "info_name", None)
         hint = f" (see: kernelscope {name} --help)" if name and name != "kernelscope" else " (see: kernelscope --help)"
         return _fail(_escape(" ".join(exc.format_message().split())) + hint, 2)
-    except (KeyboardInterrupt, typer.Abort):
+    except (_Interrupted, KeyboardInterrupt, typer.Abort):
         return _fail("interrupted", 130)
     except Exception as exc:  # a bug or an input we did not foresee: still one line, never a traceback
         if debug:

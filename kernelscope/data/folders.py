@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from kernelscope.data.dataset import ImageDataset
 from kernelscope.errors import DataError
@@ -155,6 +155,10 @@ def _decode(entry: _Entry, size: tuple[int, int] | None) -> Image.Image:
             if image.mode not in ("1", "L", "RGB", "RGBA", "F", "I"):
                 image = image.convert("RGB" if _is_colour(image) else "L")
             image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    except UnidentifiedImageError as exc:  # its message names an in-memory BytesIO object: say it plainly
+        raise DataError(
+            f"cannot read image {entry.where} (not an image format Pillow knows); delete or replace it"
+        ) from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {entry.where} ({exc}); delete or replace it") from exc
     return image

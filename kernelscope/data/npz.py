@@ -39,7 +39,22 @@ def load_npz(path: Path | str) -> ImageDataset:
     )
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+_EMPTY_ZIP_MAGIC = b"PK\x05\x06"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_NPY_MAGIC))
+    except FileNotFoundError as exc:
+        raise DataError(f"no such .npz file: {path}; check the path") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc.strerror or exc}); check the file") from exc
+    if not head.startswith((_ZIP_MAGIC, _EMPTY_ZIP_MAGIC, _NPY_MAGIC)):
+        # np.load would try such bytes as a pickle and advise allow_pickle=True: never suggest that.
+        raise DataError(f"{path} is not a .npz file (no zip header); save it with numpy.savez(path, x=..., y=...)")
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError as exc:

@@ -86,8 +86,11 @@ class OnnxMirror(torch.nn.Module):
         for tensor in graph.initializer:
             try:
                 value = from_proto(tensor, dtype)
-            except TypeError as exc:
-                raise ModelError(f"initializer {tensor.name!r}: {exc}") from None
+            except Exception as exc:  # TypeError for odd types, ValueError for data that does not fit the dims
+                reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+                raise ModelError(
+                    f"initializer {tensor.name!r} cannot be read by the PyTorch mirror: {reason}"
+                ) from None
             self._add_constant(tensor.name, value)
 
         steps: list[_Step] = []
@@ -95,7 +98,12 @@ class OnnxMirror(torch.nn.Module):
             node = index.node(i)
             ctx = make_context(node, self.opset, dtype)
             if node.op_type == "Constant":
-                self._add_constant(node.output[0], constant_value(ctx))
+                try:
+                    value = constant_value(ctx)
+                except Exception as exc:  # a Constant without a value, or a damaged tensor
+                    reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+                    raise ModelError(f"Constant node {node_label(node)!r} cannot be read: {reason}") from None
+                self._add_constant(node.output[0], value)
                 continue
             impl = lookup(node.op_type, self.opset, node.domain or "")
             assert impl is not None  # checked above

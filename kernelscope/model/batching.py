@@ -15,7 +15,7 @@ import onnx
 
 from kernelscope.errors import ModelError
 from kernelscope.model.surgery.dynamic_batch import fixed_batch_size, make_batch_dynamic
-from kernelscope.runtime import make_session
+from kernelscope.runtime import make_session, run_checked
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,10 @@ def resolve_batching(
         batched = rewritten.run([output], {image_input: probe})[0]
     except (ModelError, Exception):  # the rewrite does not load or run: keep the fixed batch
         return Batching(proto, fixed, False)
-    expected = np.concatenate(
-        [original.run([output], {image_input: probe[s : s + fixed]})[0] for s in range(0, 2 * fixed, fixed)]
-    )
+    parts = [run_checked(original, {image_input: probe[s : s + fixed]}, output) for s in range(0, 2 * fixed, fixed)]
+    if any(np.ndim(part) == 0 for part in parts):
+        raise ModelError(f"the model's output {output!r} is a scalar; a classifier outputs (N, K) class scores")
+    expected = np.concatenate(parts)
     if batched.shape != expected.shape:
         return Batching(proto, fixed, False)
     scale = max(1.0, float(np.max(np.abs(expected))))

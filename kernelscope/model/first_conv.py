@@ -113,6 +113,8 @@ def _describe_conv(index: GraphIndex, node_index: int, distance: int) -> ConvLay
     node = index.node(node_index)
     label = node_label(node)
     weight_pos, bias_pos = CONV_OPS[node.op_type]
+    if not node.output or not node.output[0] or not node.input or not node.input[0]:
+        raise ModelError(f"{node.op_type} node {label!r} has no data input or no output; the graph is malformed")
     if len(node.input) <= weight_pos or not node.input[weight_pos]:
         raise ModelError(f"{node.op_type} node {label!r} has no weight input")
     try:
@@ -142,9 +144,9 @@ def _describe_conv(index: GraphIndex, node_index: int, distance: int) -> ConvLay
         bad = int(np.count_nonzero(~np.isfinite(weight)))
         raise ModelError(f"the weight of {node.op_type} node {label!r} contains {bad} NaN or Inf values; fix the model")
     has_bias = bias_pos is not None and len(node.input) > bias_pos and bool(node.input[bias_pos])
-    group = int(attribute(node, "group", 1))
-    strides = tuple(int(s) for s in attribute(node, "strides", [1, 1]))
-    dilations = tuple(int(d) for d in attribute(node, "dilations", [1, 1]))
+    group = _positive_ints(node, "group", 1)[0]
+    strides = _positive_ints(node, "strides", [1, 1])
+    dilations = _positive_ints(node, "dilations", [1, 1])
     return ConvLayer(
         name=label,
         op_type=node.op_type,
@@ -160,6 +162,18 @@ def _describe_conv(index: GraphIndex, node_index: int, distance: int) -> ConvLay
         dilations=dilations,
         distance=distance,
     )
+
+
+def _positive_ints(node: onnx.NodeProto, name: str, default: int | list[int]) -> tuple[int, ...]:
+    """Attribute ``name`` as a tuple of positive ints (an INT attribute gives one), or a one-line ModelError."""
+    value = attribute(node, name, default)
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ModelError(
+            f"attribute {name!r} of {node.op_type} node {node_label(node)!r} is {repr(value)[:60]}; it must be "
+            "positive integers"
+        )
+    return tuple(int(v) for v in values)
 
 
 def _stored_dtype(index: GraphIndex, source: ConstantSource) -> str:

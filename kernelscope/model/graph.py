@@ -13,6 +13,18 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from kernelscope.errors import ModelError
+
+
+def tensor_array(tensor: onnx.TensorProto, what: str = "tensor") -> np.ndarray:
+    """``numpy_helper.to_array(tensor)``, with a one-line :class:`ModelError` when the stored data is malformed
+    (data that does not match the dims, an undefined element type, a bad string)."""
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as exc:  # onnx raises ValueError, TypeError, KeyError... on damaged tensors
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ModelError(f"{what} {tensor.name!r} cannot be read ({reason}); the model file is damaged") from None
+
 
 def node_label(node: onnx.NodeProto) -> str:
     """A node's name, or its first output's name for the many exporters that leave names empty."""
@@ -132,7 +144,7 @@ def constant_value(index: GraphIndex, tensor: str, _depth: int = 0) -> tuple[np.
     if _depth > 64:  # chains are short; the bound protects against cycles in malformed files
         raise NotConstant(tensor, "its producer chain is too long or cyclic")
     if tensor in index.initializers:
-        return numpy_helper.to_array(index.initializers[tensor]), ConstantSource(tensor, "initializer", ())
+        return tensor_array(index.initializers[tensor], "initializer"), ConstantSource(tensor, "initializer", ())
     if tensor not in index.producer:
         raise NotConstant(tensor, f"it is the graph input {tensor!r}")
     node = index.node(index.producer[tensor])
@@ -167,7 +179,7 @@ def constant_value(index: GraphIndex, tensor: str, _depth: int = 0) -> tuple[np.
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray:
     for attr in node.attribute:
         if attr.name == "value":
-            return numpy_helper.to_array(attr.t)
+            return tensor_array(attr.t, f"the value of Constant node {node_label(node)!r}, tensor")
         if attr.name == "value_float":
             return np.array(attr.f, dtype=np.float32)
         if attr.name == "value_floats":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 import warnings
 import zipfile
@@ -21,6 +22,8 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
 from kernelscope.errors import ModelError, UsageError
+from kernelscope.model.first_conv import CONV_OPS
+from kernelscope.model.graph import node_label
 
 #: ``metadata_props`` keys kernelscope reads (and writes into hardened files); see docs/metadata.md.
 META_PREPROCESSING = "kernelscope.preprocessing"
@@ -198,8 +201,7 @@ def _torchscript_to_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tup
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path} could not be loaded as TorchScript: {reason}") from None
+        raise ModelError(f"{path} could not be loaded as TorchScript: {_torch_reason(exc)}") from None
     module.eval()
     extra: dict = {}
     raw = extra_files.get(TORCHSCRIPT_EXTRA) or ""
@@ -235,8 +237,7 @@ def _torchscript_to_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tup
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             )
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: exporting the TorchScript model to ONNX failed: {reason}") from None
+        raise ModelError(f"{path}: exporting the TorchScript model to ONNX failed: {_torch_reason(exc)}") from None
     proto = onnx.load_from_string(buffer.getvalue())
     # Carry the archive's kernelscope metadata over, so it is used like an ONNX file's.
     for key in ("preprocessing", "dataset", "class_names"):
@@ -246,6 +247,15 @@ def _torchscript_to_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tup
             entry.key = f"kernelscope.{key}"
             entry.value = value if isinstance(value, str) else json.dumps(value)
     return proto, extra
+
+
+def _torch_reason(exc: Exception) -> str:
+    """The first line of a torch error, without the C++ ``[enforce fail at file.cc:123] .`` prefix."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text.splitlines()[0]).strip()
+    return (first or type(exc).__name__)[:160]
 
 
 def _tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
@@ -278,6 +288,18 @@ def graph_image_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [v for v in proto.graph.input if v.name not in initializers]
 
 
+def _conv_weight_inputs(proto: onnx.ModelProto, inputs: list[onnx.ValueInfoProto]) -> dict[str, str]:
+    """Graph inputs that feed the weight of a convolution directly: input name -> "<op> node '<name>'"."""
+    names = {v.name for v in inputs}
+    found: dict[str, str] = {}
+    for node in proto.graph.node:
+        if node.op_type in CONV_OPS:
+            position = CONV_OPS[node.op_type][0]
+            if len(node.input) > position and node.input[position] in names:
+                found.setdefault(node.input[position], f"{node.op_type} node {node_label(node)!r}")
+    return found
+
+
 def _describe(path: Path, fmt: str, proto: onnx.ModelProto, extra: dict) -> LoadedModel:
     opset = model_opset(proto)
     newest = onnx.defs.onnx_opset_version()
@@ -292,6 +314,13 @@ def _describe(path: Path, fmt: str, proto: onnx.ModelProto, extra: dict) -> Load
     if not inputs:
         raise ModelError(f"{path} has no run-time input; an image classifier needs one image input")
     if len(inputs) > 1:
+        weights = _conv_weight_inputs(proto, inputs)
+        if weights and len(inputs) - len(weights) == 1:
+            name, conv = next(iter(weights.items()))
+            raise ModelError(
+                f"{path}: the weight of {conv} is a graph input ({name!r}), supplied at run time; kernelscope "
+                "needs a constant first-layer weight: store it as an initializer"
+            )
         names = ", ".join(v.name for v in inputs)
         raise ModelError(
             f"{path} has {len(inputs)} inputs ({names}); kernelscope audits classifiers with a single image input"
@@ -328,6 +357,9 @@ def _describe(path: Path, fmt: str, proto: onnx.ModelProto, extra: dict) -> Load
                 parsed[short] = json.loads(value)
             except ValueError:
                 raise ModelError(f"{path}: metadata {key!r} is not valid JSON; fix or remove it") from None
+            problem = _metadata_problem(short, parsed[short])
+            if problem:
+                raise ModelError(f"{path}: metadata {key!r} {problem}; fix or remove it (see docs/metadata.md)")
     return LoadedModel(
         path=path,
         format=fmt,
@@ -338,6 +370,44 @@ def _describe(path: Path, fmt: str, proto: onnx.ModelProto, extra: dict) -> Load
         metadata=metadata,
         kernelscope_metadata=parsed,
     )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _metadata_problem(key: str, value: object) -> str | None:
+    """What is wrong with a parsed ``kernelscope.preprocessing`` / ``class_names`` value, or ``None``."""
+    if key == "class_names":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return "must be a JSON list of class names"
+        return None
+    if not isinstance(value, dict):
+        return "must be a JSON object with any of scale, mean, std, layout, size, channels"
+    checks = {
+        "scale": (lambda v: _is_number(v) and v > 0, "a positive number"),
+        "mean": (lambda v: _is_number(v) or (isinstance(v, list) and v and all(map(_is_number, v))), "numbers"),
+        "std": (
+            lambda v: (
+                (_is_number(v) and v != 0) or (isinstance(v, list) and v and all(_is_number(s) and s != 0 for s in v))
+            ),
+            "non-zero numbers",
+        ),
+        "layout": (lambda v: isinstance(v, str) and v.upper() in ("NCHW", "NHWC"), "NCHW or NHWC"),
+        "size": (
+            lambda v: (
+                isinstance(v, list)
+                and len(v) == 2
+                and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in v)
+            ),
+            "[height, width] positive integers",
+        ),
+        "channels": (lambda v: v in (1, 3) and not isinstance(v, bool), "1 or 3"),
+    }
+    for name, (valid, expected) in checks.items():
+        if name in value and not valid(value[name]):
+            return f"has {name} = {json.dumps(value[name])[:60]}; expected {expected}"
+    return None
 
 
 def serialize_for_runtime(proto: onnx.ModelProto) -> bytes | str:

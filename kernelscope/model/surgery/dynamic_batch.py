@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from kernelscope.model.graph import GraphIndex, attribute
+from kernelscope.model.graph import GraphIndex, attribute, tensor_array
 
 BATCH_DIM = "batch"
 
@@ -55,13 +55,13 @@ def make_batch_dynamic(proto: onnx.ModelProto, image_input: str) -> onnx.ModelPr
 def _rewrite_reshape_target(model: onnx.ModelProto, index: GraphIndex, node: onnx.NodeProto, fixed: int) -> None:
     name = node.input[1]
     if name in index.initializers:
-        value = numpy_helper.to_array(index.initializers[name])
+        value = tensor_array(index.initializers[name], "initializer")
     elif name in index.producer and index.node(index.producer[name]).op_type == "Constant":
         const = index.node(index.producer[name])
         attr = next((a for a in const.attribute if a.name == "value"), None)
         if attr is None:
             return
-        value = numpy_helper.to_array(attr.t)
+        value = tensor_array(attr.t, "Constant tensor")
     else:
         return
     if value.ndim != 1 or value.size < 2 or int(value[0]) != fixed:

@@ -27,6 +27,7 @@ from onnx import TensorProto
 from kernelscope.errors import ModelError
 from kernelscope.model.first_conv import ConvLayer
 from kernelscope.model.graph import GraphIndex, NotConstant, attribute, constant_value, node_label
+from kernelscope.model.surgery import graph_edit
 
 #: Name of the run-time input added by :func:`insert_kernel_mask`.
 MASK_INPUT = "kernelscope_kernel_mask"
@@ -192,6 +193,11 @@ def infer_elem_types(proto: onnx.ModelProto) -> dict[str, int]:
 def insert_kernel_mask(proto: onnx.ModelProto, site: MaskSite, out_channels: int, output: str) -> onnx.ModelProto:
     """A copy of ``proto`` whose only output is ``output`` and whose ``site`` tensor is multiplied by
     the run-time input :data:`MASK_INPUT` of shape (V, 1, C, 1, 1); the batch becomes V*N after it."""
+    with graph_edit("add the kernel mask to"):
+        return _insert_kernel_mask(proto, site, out_channels, output)
+
+
+def _insert_kernel_mask(proto: onnx.ModelProto, site: MaskSite, out_channels: int, output: str) -> onnx.ModelProto:
     graph = gs.import_onnx(proto)
     tensors = graph.tensors()
     if site.tensor not in tensors:

@@ -6,6 +6,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from kernelscope.errors import ModelError
+from kernelscope.model.surgery import graph_edit
 
 
 def prune_to_output(proto: onnx.ModelProto, output: str) -> onnx.ModelProto:
@@ -14,13 +15,14 @@ def prune_to_output(proto: onnx.ModelProto, output: str) -> onnx.ModelProto:
     Other heads of a multi-output model (and any ops they use) then neither cost time nor block the
     PyTorch mirror. Opset, IR version and metadata are kept.
     """
-    graph = gs.import_onnx(proto)
-    wanted = [t for t in graph.outputs if t.name == output]
-    if not wanted:
-        raise ModelError(f"the model has no output named {output!r}")
-    graph.outputs = wanted
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    pruned = gs.export_onnx(graph, do_type_check=False)
+    with graph_edit("prune"):
+        graph = gs.import_onnx(proto)
+        wanted = [t for t in graph.outputs if t.name == output]
+        if not wanted:
+            raise ModelError(f"the model has no output named {output!r}")
+        graph.outputs = wanted
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+        pruned = gs.export_onnx(graph, do_type_check=False)
     pruned.ir_version = proto.ir_version
     del pruned.opset_import[:]
     pruned.opset_import.extend(proto.opset_import)
