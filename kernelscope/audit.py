@@ -118,6 +118,15 @@ class InspectReport:
     fast: FastScoring | None = None
 
     @property
+    def baseline_accuracy(self) -> float | None:
+        """Clean top-1 accuracy: from exact scoring, else the hybrid's exact runs, else the attack's ε = 0 run."""
+        if self.scoring is not None:
+            return self.scoring.baseline_accuracy
+        if self.fast is not None and self.fast.baseline_accuracy is not None:
+            return self.fast.baseline_accuracy
+        return self.attack.sweep.fgsm[0].accuracy if self.attack else None
+
+    @property
     def fragile(self) -> list[int]:
         """S according to the chosen method."""
         return self.fast.fragile if self.method != "exact" and self.fast else self.scoring.fragile

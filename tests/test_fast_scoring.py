@@ -44,3 +44,10 @@ def test_taylor_json_is_marked_as_an_estimate(tmp_path, capsys):
     assert all(k["accuracy"] is None and k["importance"] >= 0 for k in doc["kernels"])
     assert doc["baseline_accuracy"] == doc["fgsm"][0]["accuracy"]
     assert sorted(doc["fragile"] + doc["null"]) == list(range(32))
+
+
+def test_min_accuracy_gate_with_taylor_needs_a_clean_accuracy(capsys):
+    base = ["inspect", str(MODEL), "-d", str(SAMPLE), "--limit", "60", "--method", "taylor", "-q", "--min-accuracy"]
+    assert main([*base, "0.99", "--eps", "0.01"]) == 1  # the attack's clean run gives the baseline
+    assert main([*base, "0.1", "--no-attack"]) == 2
+    assert "needs a clean accuracy" in capsys.readouterr().err

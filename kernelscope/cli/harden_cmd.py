@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from kernelscope.audit import InspectConfig
 from kernelscope.cli import options as opt
 from kernelscope.cli.context import console, error_console, progress_for
 from kernelscope.cli.render import render_harden
@@ -78,27 +77,12 @@ def harden_command(
         check_output_path(Path(f"{out}.data"), force=force, inputs=(model,))
     if json_path is not None:
         check_output_path(json_path, force=force, inputs=(model, out))
-    inspect = InspectConfig(
-        data=data,
-        data_dir=data_dir,
-        split=split,
-        download=download,
-        layer=layer,
-        output=output,
-        input_shape=opt.parse_ints(input_shape, "--input-shape", 4),
-        drop=drop,
-        limit=limit,
-        seed=seed,
-        batch_size=batch_size,
-        preprocessing=opt.preprocessing_options(scale, mean, std, layout, size, channels),
-        providers=opt.providers_for(device),
-        threads=threads,
-        bootstrap=0,
-        epsilons=opt.parse_floats(sweep, "--sweep"),
-        eps_sweep=eps_sweep,
-        bounds=opt.parse_bounds(bounds),
-        atol=atol,
-    )
+    inspect = opt.inspect_config(
+        data=data, data_dir=data_dir, split=split, download=download, layer=layer, output=output,
+        input_shape=input_shape, drop=drop, limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean,
+        std=std, layout=layout, size=size, channels=channels, device=device, threads=threads, bootstrap=0,
+        epsilons=sweep, epsilons_option="--sweep", eps_sweep=eps_sweep, bounds=bounds, atol=atol,
+    )  # fmt: skip
     config = HardenConfig(
         inspect=inspect,
         noise=noise,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from kernelscope.audit import InspectConfig, inspect_model
+from kernelscope.audit import inspect_model
 from kernelscope.cli import options as opt
 from kernelscope.cli.context import console, error_console, progress_for
 from kernelscope.cli.render import render_inspect
@@ -74,37 +74,22 @@ def inspect_command(
         raise UsageError(f"--top must be positive, not {top}")
     if json_path is not None:
         check_output_path(json_path, force=force, inputs=(model,))
-    config = InspectConfig(
-        data=data,
-        data_dir=data_dir,
-        split=split,
-        download=download,
-        layer=layer,
-        output=output,
-        input_shape=opt.parse_ints(input_shape, "--input-shape", 4),
-        drop=drop,
-        limit=limit,
-        seed=seed,
-        batch_size=batch_size,
-        preprocessing=opt.preprocessing_options(scale, mean, std, layout, size, channels),
-        providers=opt.providers_for(device),
-        threads=threads,
-        bootstrap=bootstrap,
-        attack=attack,
-        epsilons=opt.parse_floats(eps, "--eps"),
-        eps_sweep=eps_sweep,
-        bounds=opt.parse_bounds(bounds),
-        atol=atol,
-        method=method,
-        compare_exact=compare_exact,
-    )
+    config = opt.inspect_config(
+        data=data, data_dir=data_dir, split=split, download=download, layer=layer, output=output,
+        input_shape=input_shape, drop=drop, limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean,
+        std=std, layout=layout, size=size, channels=channels, device=device, threads=threads, bootstrap=bootstrap,
+        attack=attack, epsilons=eps, epsilons_option="--eps", eps_sweep=eps_sweep, bounds=bounds, atol=atol,
+        method=method, compare_exact=compare_exact,
+    )  # fmt: skip
     report = inspect_model(model, config, progress=progress_for(quiet))
     render_inspect(console(), report, top=top, quiet=quiet)
     if json_path is not None:
         atomic_write_text(json_path, dumps(inspect_to_dict(report)))
         if not quiet:
             error_console().print(f"[dim]wrote {json_path}[/dim]")
-    if min_accuracy is not None and report.scoring.baseline_accuracy < min_accuracy:
-        raise AuditFailed(
-            f"baseline accuracy {report.scoring.baseline_accuracy:.2%} is below --min-accuracy {min_accuracy:.2%}"
-        )
+    if min_accuracy is not None:
+        baseline = report.baseline_accuracy
+        if baseline is None:
+            raise UsageError("--min-accuracy needs a clean accuracy: use --method exact or hybrid, or keep the attack")
+        if baseline < min_accuracy:
+            raise AuditFailed(f"baseline accuracy {baseline:.2%} is below --min-accuracy {min_accuracy:.2%}")

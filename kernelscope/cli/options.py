@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from kernelscope.audit import InspectConfig
 from kernelscope.data.preprocessing import PreprocessingOptions
 from kernelscope.errors import UsageError
 
@@ -171,3 +172,29 @@ def parse_bounds(text: str) -> tuple[float, float]:
     if len(values) != 2 or not values[0] < values[1]:
         raise UsageError(f"--bounds needs two numbers lo,hi with lo < hi, not {text!r}")
     return (values[0], values[1])
+
+
+def inspect_config(
+    *,
+    input_shape: str | None,
+    scale: float | None,
+    mean: str | None,
+    std: str | None,
+    layout: str | None,
+    size: str | None,
+    channels: int | None,
+    device: str,
+    epsilons: str | None,
+    epsilons_option: str,
+    bounds: str,
+    **fields: object,
+) -> InspectConfig:
+    """The library's config from the raw values of the options both commands share (parsed and checked here)."""
+    return InspectConfig(
+        input_shape=parse_ints(input_shape, "--input-shape", 4),
+        preprocessing=preprocessing_options(scale, mean, std, layout, size, channels),
+        providers=providers_for(device),
+        epsilons=parse_floats(epsilons, epsilons_option),
+        bounds=parse_bounds(bounds),
+        **fields,
+    )

@@ -97,7 +97,7 @@ def inspect_to_dict(report: InspectReport, *, include_timings: bool = True) -> d
         "data": data_dict(data),
         "method": report.method,
         "drop_mode": scoring.drop_mode if scoring else fast.drop_mode,
-        "baseline_accuracy": _baseline(report),
+        "baseline_accuracy": report.baseline_accuracy,
         "mean_accuracy": scoring.mean_accuracy if scoring else None,
         "kernels": _kernels(report),
         "fragile": report.fragile,
@@ -146,14 +146,6 @@ def targeting_list(entries: list[EpsilonTargeting]) -> list[dict[str, Any]]:
         }
         for t in entries
     ]
-
-
-def _baseline(report: InspectReport) -> float | None:
-    if report.scoring is not None:
-        return report.scoring.baseline_accuracy
-    if report.fast is not None and report.fast.baseline_accuracy is not None:
-        return report.fast.baseline_accuracy
-    return report.attack.sweep.fgsm[0].accuracy if report.attack else None
 
 
 def _kernels(report: InspectReport) -> list[dict[str, Any]]:
