@@ -6,19 +6,13 @@ server or file:// URLs. The last tests use ../shared/data when it exists and ski
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import gzip
 import hashlib
-import http.server
 import io
 import os
 import pickle
-import socket
 import tarfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +24,8 @@ from PIL import Image
 from kernelscope.data import OFFICIAL_DATASETS, ImageDataset, load_dataset, official
 from kernelscope.data.official import load_official, read_idx, restricted_loads
 from kernelscope.errors import DataError
+
+from local_server import closed_port_url, serve
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -131,32 +127,6 @@ def write_mnist(folder: Path, split: str, n: int = 5, *, gz: bool = True, seed: 
         else:
             (folder / base).write_bytes(payload)
     return images, labels
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def serve(root: Path) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
 
 
 def md5(path: Path) -> str:
