@@ -87,10 +87,10 @@ InputShapeOption = Annotated[
     str | None, typer.Option(help="Input shape for TorchScript files that do not record it, e.g. 1,3,32,32.")
 ]
 DropOption = Annotated[
-    str, typer.Option(help="weights: zero W[k] and b[k]; channel: zero channel k after BN/activation.")
+    str, typer.Option(help="weights: zero kernel k's weights and bias; channel: zero channel k after BN/activation.")
 ]
 EpsSweepOption = Annotated[
-    str, typer.Option(help="Default sweep when --eps is not given: lin or log (smaller for CIFAR-like data).")
+    str, typer.Option(help="Default ε sweep when no explicit list is given: lin or log (smaller for CIFAR-like data).")
 ]
 BoundsOption = Annotated[str, typer.Option(help="Pixel bounds lo,hi of the attack in [0, 1] units.")]
 AtolOption = Annotated[
