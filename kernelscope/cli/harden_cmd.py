@@ -9,11 +9,8 @@ import typer
 
 from kernelscope.cli import options as opt
 from kernelscope.cli.context import console, error_console, progress_for
-from kernelscope.cli.render import render_harden
 from kernelscope.errors import AuditFailed
-from kernelscope.harden import HardenConfig, harden_model, write_hardened
 from kernelscope.io import atomic_write_text, check_output_path
-from kernelscope.report.json_report import dumps, harden_to_dict
 
 
 def harden_command(
@@ -72,6 +69,11 @@ def harden_command(
     quiet: opt.QuietOption = False,
 ) -> None:
     """SVD-filter the null kernels and amplify the fragile ones of the first Conv; measure before/after."""
+    # Heavy libraries (torch, onnx, onnxruntime) load only when the command runs, so --help stays instant.
+    from kernelscope.cli.render import render_harden
+    from kernelscope.harden import HardenConfig, harden_model, write_hardened
+    from kernelscope.report.json_report import dumps, harden_to_dict
+
     check_output_path(out, force=force, inputs=(model,))
     if Path(f"{out}.data").exists():  # the external-data file a hardened copy of an external-data model uses
         check_output_path(Path(f"{out}.data"), force=force, inputs=(model,))

@@ -7,13 +7,10 @@ from typing import Annotated
 
 import typer
 
-from kernelscope.audit import inspect_model
 from kernelscope.cli import options as opt
 from kernelscope.cli.context import console, error_console, progress_for
-from kernelscope.cli.render import render_inspect
 from kernelscope.errors import AuditFailed, UsageError
 from kernelscope.io import atomic_write_text, check_output_path
-from kernelscope.report.json_report import dumps, inspect_to_dict
 
 
 def inspect_command(
@@ -68,6 +65,11 @@ def inspect_command(
     quiet: opt.QuietOption = False,
 ) -> None:
     """Score every kernel of the first Conv by dropping it, split them into fragile (S) and null (S')."""
+    # Heavy libraries (torch, onnx, onnxruntime) load only when the command runs, so --help stays instant.
+    from kernelscope.audit import inspect_model
+    from kernelscope.cli.render import render_inspect
+    from kernelscope.report.json_report import dumps, inspect_to_dict
+
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise UsageError(f"--min-accuracy is a fraction between 0 and 1, not {min_accuracy}")
     if top is not None and top <= 0:

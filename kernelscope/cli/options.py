@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kernelscope.audit import InspectConfig
 from kernelscope.data.preprocessing import PreprocessingOptions
 from kernelscope.errors import UsageError
+
+if TYPE_CHECKING:
+    from kernelscope.audit import InspectConfig
 
 PREPROCESSING = "Preprocessing (default: model metadata, then dataset preset)"
 DATA = "Data"
@@ -190,6 +192,8 @@ def inspect_config(
     **fields: object,
 ) -> InspectConfig:
     """The library's config from the raw values of the options both commands share (parsed and checked here)."""
+    from kernelscope.audit import InspectConfig  # heavy: imported when a command runs, not for --help
+
     return InspectConfig(
         input_shape=parse_ints(input_shape, "--input-shape", 4),
         preprocessing=preprocessing_options(scale, mean, std, layout, size, channels),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from kernelscope.audit import InspectReport
-from kernelscope.harden import HardenReport
+if TYPE_CHECKING:
+    from kernelscope.audit import InspectReport
+    from kernelscope.harden import HardenReport
 
 
 def _shape(shape: tuple | None) -> str:
