@@ -253,6 +253,22 @@ def harden_to_dict(report: HardenReport, config: InspectConfig, *, include_timin
         "layer": layer_dict(report.inputs.layer),
         "data": data_dict(report.inputs.data_summary(config)),
         "drop_mode": report.scoring.drop_mode,
+        "baseline_accuracy": report.scoring.baseline_accuracy,
+        "mean_accuracy": report.scoring.mean_accuracy,
+        "kernels": [
+            {
+                "index": k.index,
+                "accuracy": k.accuracy,
+                "delta": k.delta,
+                "fragile": k.fragile,
+                "correct_to_wrong": k.correct_to_wrong,
+                "wrong_to_correct": k.wrong_to_correct,
+                "p_value": k.p_value,
+                "changed_predictions": k.changed_predictions,
+                "weight_norm": k.weight_norm,
+            }
+            for k in report.scoring.kernels
+        ],
         "fragile": report.scoring.fragile,
         "null": report.scoring.null,
         "harden": {
