@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from kernelscope import __version__
+from kernelscope.attacks.pgd import PgdSettings
 from kernelscope.attacks.sweep import check_epsilons
 from kernelscope.data import ImageDataset, load_dataset
 from kernelscope.data.preprocessing import (
@@ -30,7 +31,7 @@ from kernelscope.model.batching import Batching, resolve_batching
 from kernelscope.model.first_conv import ConvLayer, find_conv
 from kernelscope.model.loading import LoadedModel, TensorInfo, load_model
 from kernelscope.progress import NO_PROGRESS, Progress
-from kernelscope.robustness import AttackReport, prepare_attack, run_attack
+from kernelscope.robustness import ATTACKS, AttackReport, prepare_attack, run_attack
 from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, ScoringResult, score_kernels
 from kernelscope.stats import holm_adjust
 
@@ -62,6 +63,8 @@ class InspectConfig:
     atol: float | None = None  # None: 1e-4, or 1e-2 for float16 graphs
     method: str = "exact"  # "exact", "taylor" (estimate) or "hybrid"
     compare_exact: bool = False  # with a fast method: also score exactly and report the agreement
+    attack_method: str = "fgsm"  # "fgsm" (the paper's attack) or "pgd"
+    pgd: PgdSettings = field(default_factory=PgdSettings)  # used when attack_method is "pgd"
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,7 @@ class InspectReport:
             return self.scoring.baseline_accuracy
         if self.fast is not None and self.fast.baseline_accuracy is not None:
             return self.fast.baseline_accuracy
-        return self.attack.sweep.fgsm[0].accuracy if self.attack else None
+        return self.attack.sweep.accuracy[0].accuracy if self.attack else None
 
     @property
     def fragile(self) -> list[int]:
@@ -138,12 +141,11 @@ class InspectReport:
 
 
 @dataclass
-class AuditInputs:
-    """Everything loaded and decided before any measurement: shared by ``inspect`` and ``harden``."""
+class ModelAndData:
+    """The model and the data fitted to it, before any measurement: what every command starts from."""
 
     model: LoadedModel
     output: TensorInfo
-    layer: ConvLayer
     data: PreparedData
     available: int
     num_classes: int | None
@@ -176,6 +178,25 @@ class AuditInputs:
         )
 
 
+@dataclass
+class AuditInputs(ModelAndData):
+    """:class:`ModelAndData` plus the audited convolution: shared by ``inspect`` and ``harden``."""
+
+    layer: ConvLayer | None = None  # always set by load_audit_inputs (a default only because it comes last)
+
+
+def load_model_and_data(
+    model_path: str | os.PathLike[str], config: InspectConfig, progress: Progress = NO_PROGRESS
+) -> ModelAndData:
+    """Load the model, load and fit the data, and decide how to batch the model (no layer is looked for)."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    model = load_model(model_path, input_shape=config.input_shape)
+    output = model.output(config.output)
+    timings["load_model"] = time.perf_counter() - clock
+    return _with_data(model, output, config, timings, progress)
+
+
 def load_audit_inputs(
     model_path: str | os.PathLike[str], config: InspectConfig, progress: Progress = NO_PROGRESS
 ) -> AuditInputs:
@@ -184,9 +205,16 @@ def load_audit_inputs(
     clock = time.perf_counter()
     model = load_model(model_path, input_shape=config.input_shape)
     output = model.output(config.output)
+    # Before the data: a model without a usable Conv should fail before a long data load.
     layer = find_conv(model.proto, model.image_input.name, config.layer)
     timings["load_model"] = time.perf_counter() - clock
+    loaded = _with_data(model, output, config, timings, progress)
+    return AuditInputs(**{f: getattr(loaded, f) for f in ModelAndData.__dataclass_fields__}, layer=layer)
 
+
+def _with_data(
+    model: LoadedModel, output: TensorInfo, config: InspectConfig, timings: dict[str, float], progress: Progress
+) -> ModelAndData:
     clock = time.perf_counter()
     with progress.task(f"Loading data {config.data}", total=None) as task:
         dataset = load_dataset(
@@ -212,9 +240,7 @@ def load_audit_inputs(
     )
     timings["load_data"] = time.perf_counter() - clock
     batching = resolve_batching(model.proto, model.image_input.name, output.name, config.providers, config.threads)
-    return AuditInputs(
-        model, output, layer, PreparedData(dataset, preprocessing), available, num_classes, batching, timings
-    )
+    return ModelAndData(model, output, PreparedData(dataset, preprocessing), available, num_classes, batching, timings)
 
 
 def inspect_model(
@@ -292,6 +318,9 @@ def inspect_model(
             batch_size=config.batch_size,
             providers=config.providers,
             threads=config.threads,
+            attack=config.attack_method,
+            pgd=config.pgd,
+            seed=config.seed,
             progress=progress,
         )
         timings["attack_gradient"] = attack.sweep.seconds_gradient
@@ -337,6 +366,10 @@ def _check_config(config: InspectConfig) -> None:
         raise UsageError(f"--atol must be positive, not {config.atol}")
     if config.epsilons is not None:
         check_epsilons(config.epsilons, config.bounds)
+    if config.attack_method not in ATTACKS:
+        raise UsageError(f"--attack must be one of {', '.join(ATTACKS)}, not {config.attack_method!r}")
+    if config.attack_method == "pgd":
+        config.pgd.check()
 
 
 def _num_classes(output: TensorInfo) -> int | None:
@@ -444,17 +477,19 @@ def _attack_warnings(attack: AttackReport) -> list[str]:
         notes.append(f"{sweep.nonfinite_gradient_images} image(s) had non-finite input gradients (set to 0)")
     if sweep.zero_gradient_images:
         notes.append(
-            f"{sweep.zero_gradient_images} image(s) had an all-zero input gradient: FGSM cannot move them "
-            "(saturated outputs or gradient masking), so their robustness is overstated"
+            f"{sweep.zero_gradient_images} image(s) had an all-zero input gradient at the clean image: "
+            f"{'FGSM cannot move them' if sweep.name == 'fgsm' else 'PGD starts blind there'} (saturated outputs or "
+            "gradient masking), so their robustness is overstated"
         )
     return notes
 
 
 def _attack_verdict(attack: AttackReport) -> str:
     sweep = attack.sweep
-    clean, worst = sweep.fgsm[0], sweep.fgsm[-1]
+    clean, worst = sweep.accuracy[0], sweep.accuracy[-1]
+    name = "FGSM" if sweep.pgd is None else sweep.pgd.describe()
     text = (
-        f" Under FGSM, accuracy falls from {clean.accuracy:.1%} to {worst.accuracy:.1%} at ε = {worst.epsilon:g}"
+        f" Under {name}, accuracy falls from {clean.accuracy:.1%} to {worst.accuracy:.1%} at ε = {worst.epsilon:g}"
         " (pixels in [0, 1])."
     )
     if sweep.targeting:

@@ -1,4 +1,4 @@
-"""The attack stage of ``inspect``: PyTorch mirror with its parity guard, pre-flight checks, FGSM sweep.
+"""The attack stage of ``inspect``: PyTorch mirror with its parity guard, pre-flight checks, FGSM or PGD sweep.
 
 No gradient is used before the mirror has been run next to onnxruntime on the same batch and found to
 agree (max |logit difference| / max(1, max |logit|) <= tolerance). A mirror that disagrees refuses to
@@ -14,10 +14,11 @@ import numpy as np
 import onnx
 
 from kernelscope.attacks.fgsm import default_epsilons
-from kernelscope.attacks.gradients import InputGradient
-from kernelscope.attacks.sweep import SweepResult, check_epsilons, fgsm_sweep
+from kernelscope.attacks.gradients import InputGradient, model_input_from_unit_pixels, per_example_loss
+from kernelscope.attacks.pgd import Objective, PgdSettings
+from kernelscope.attacks.sweep import SweepResult, check_epsilons, fgsm_sweep, pgd_sweep
 from kernelscope.data.preprocessing import PreparedData
-from kernelscope.errors import ModelError
+from kernelscope.errors import ModelError, UsageError
 from kernelscope.evaluation import OnnxEvaluator
 from kernelscope.model.batching import Batching, fixed_chunks
 from kernelscope.model.first_conv import ConvLayer
@@ -31,6 +32,9 @@ INFERENCE_ONLY_OPS = ("BatchNormalization", "Dropout")
 
 #: Images used for the parity check.
 PARITY_IMAGES = 32
+
+#: The attacks ``inspect --attack`` offers.
+ATTACKS = ("fgsm", "pgd")
 
 
 @dataclass(frozen=True)
@@ -177,13 +181,23 @@ def run_attack(
     batch_size: int = 128,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
+    attack: str = "fgsm",
+    pgd: PgdSettings | None = None,
+    seed: int = 0,
     progress: Progress = NO_PROGRESS,
 ) -> AttackReport:
-    """The FGSM sweep through the checked mirror, judged by the deployed model, with targeting."""
+    """The FGSM (or PGD) sweep through the checked mirror, judged by the deployed model, with targeting."""
+    if attack not in ATTACKS:
+        raise UsageError(f"--attack must be one of {', '.join(ATTACKS)}, not {attack!r}")
+    settings = (pgd or PgdSettings()) if attack == "pgd" else None
+    if settings is not None:
+        settings.check()
+    norm = settings.norm if settings is not None else "linf"
     if epsilons is None:
         kind = epsilon_kind(data)
-        values = default_epsilons(kind, sweep)
-        source = f"default {sweep} sweep ({'MNIST-like' if kind == 'mnist' else 'CIFAR-like'} data)"
+        values = default_epsilons(kind, sweep, norm)
+        source = f"default {sweep} sweep ({'MNIST-like' if kind == 'mnist' else 'CIFAR-like'} data"
+        source += ", L2)" if norm == "l2" else ")"
     else:
         values, source = list(epsilons), "option"
     values = check_epsilons(values, bounds)
@@ -192,18 +206,61 @@ def run_attack(
     gradient = InputGradient(prepared.mirror, data.preprocessing, prepared.preflight.loss)
     if not batching.batchable:
         gradient = _FixedBatchGradient(gradient, batching.fixed_batch or 1)
-    result = fgsm_sweep(
-        gradient,
-        evaluator,
-        data,
-        values,
-        fragile=fragile,
-        null=null,
-        bounds=bounds,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    if settings is None:
+        result = fgsm_sweep(
+            gradient, evaluator, data, values, fragile=fragile, null=null, bounds=bounds, batch_size=batch_size,
+            progress=progress,
+        )  # fmt: skip
+    else:
+        chunk = None if batching.batchable else (batching.fixed_batch or 1)
+        objectives = LossObjective(prepared.mirror, data.preprocessing, prepared.preflight.loss, chunk)
+        result = pgd_sweep(
+            objectives, gradient, evaluator, data, values, settings=settings, fragile=fragile, null=null,
+            bounds=bounds, batch_size=batch_size, seed=seed, loss=prepared.preflight.loss, progress=progress,
+        )  # fmt: skip
     return AttackReport(prepared.check, prepared.preflight, result, source)
+
+
+@dataclass
+class LossObjective:
+    """PGD objectives on the classification loss through ``module``: ``self(labels)`` is one batch's objective.
+
+    ``chunk``: for a model whose graph only takes a fixed batch, the images go through the module that many
+    at a time (the last chunk padded with copies of its last image, whose outputs are dropped, so they add
+    nothing to any gradient).
+    """
+
+    module: object  # a torch.nn.Module taking the model's input
+    preprocessing: object  # kernelscope.data.preprocessing.Preprocessing
+    loss: str = "cross_entropy"
+    chunk: int | None = None
+
+    def outputs(self, x01):  # (torch.Tensor) -> torch.Tensor
+        """The module's (N, K) output for unit pixels ``x01`` (N, H, W, C), chunked for fixed-batch graphs."""
+        import torch
+
+        if self.chunk is None:
+            return self.module(model_input_from_unit_pixels(x01, self.preprocessing)).reshape(x01.shape[0], -1)
+        parts = []
+        for start in range(0, x01.shape[0], self.chunk):
+            piece = x01[start : start + self.chunk]
+            real = piece.shape[0]
+            if real < self.chunk:
+                piece = torch.cat([piece, piece[-1:].expand(self.chunk - real, *piece.shape[1:])])
+            out = self.module(model_input_from_unit_pixels(piece, self.preprocessing)).reshape(self.chunk, -1)
+            parts.append(out[:real])
+        return torch.cat(parts)
+
+    def __call__(self, labels: np.ndarray) -> Objective:
+        import torch
+
+        target = torch.as_tensor(labels, dtype=torch.long)
+
+        def objective(x01):  # (torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
+            value = per_example_loss(self.outputs(x01), target, self.loss)
+            return value, value
+
+        return objective
 
 
 @dataclass

@@ -37,6 +37,15 @@ def model_input_from_unit_pixels(x01: torch.Tensor, preprocessing: Preprocessing
     return values.contiguous()
 
 
+def per_example_loss(output: torch.Tensor, target: torch.Tensor, loss: str = "cross_entropy") -> torch.Tensor:
+    """The classification loss of each example (B,) from the model's output (logits, or probabilities)."""
+    output = output.reshape(output.shape[0], -1)
+    if loss == "nll_of_probabilities":
+        # The graph ends in a softmax: cross-entropy on probabilities would differentiate the wrong thing.
+        return F.nll_loss(torch.log(output.clamp_min(1e-30)), target, reduction="none")
+    return F.cross_entropy(output, target, reduction="none")
+
+
 @dataclass
 class InputGradient:
     """∇ of the classification loss with respect to x01, through ``module`` (one forward+backward)."""
@@ -51,10 +60,6 @@ class InputGradient:
         x = torch.as_tensor(x01, dtype=torch.float32, device=self.device).requires_grad_(True)
         target = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         output = self.module(model_input_from_unit_pixels(x, self.preprocessing)).reshape(x.shape[0], -1)
-        if self.loss == "nll_of_probabilities":
-            # The graph ends in a softmax: cross-entropy on probabilities would differentiate the wrong thing.
-            value = F.nll_loss(torch.log(output.clamp_min(1e-30)), target, reduction="sum")
-        else:
-            value = F.cross_entropy(output, target, reduction="sum")
+        value = per_example_loss(output, target, self.loss).sum()
         (gradient,) = torch.autograd.grad(value, x)
         return gradient.detach().cpu().numpy(), output.detach().cpu().numpy()

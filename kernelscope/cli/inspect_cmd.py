@@ -40,11 +40,28 @@ def inspect_command(
         int, typer.Option(help="Bootstrap resamples for the stability of each kernel's S/S' side.")
     ] = 1000,
     attack: Annotated[
-        bool, typer.Option("--attack/--no-attack", help="Run the FGSM sweep and adversarial targeting.")
-    ] = True,
+        str, typer.Option("--attack", help="Attack of the ε sweep and targeting: fgsm (the paper's) or pgd.")
+    ] = "fgsm",
+    no_attack: Annotated[
+        bool, typer.Option("--no-attack", help="Skip the attack sweep and targeting (only score kernels).")
+    ] = False,
     eps: Annotated[
-        str | None, typer.Option(help="FGSM epsilons in [0, 1] pixel units, e.g. 0.01,0.02 (0 is always added).")
+        str | None,
+        typer.Option(help="Attack epsilons in [0, 1] pixel units, e.g. 0.01,0.02 (0 is always added)."),
     ] = None,
+    pgd_norm: Annotated[str, typer.Option(help="With --attack pgd: linf or l2 (L2: ε is the norm of the change).")] = (
+        "linf"
+    ),
+    pgd_steps: Annotated[int, typer.Option(help="With --attack pgd: steps per ε (each a forward+backward).")] = 10,
+    pgd_step_size: Annotated[
+        float | None, typer.Option(help="With --attack pgd: step size in [0, 1] pixel units (default 2.5·ε/steps).")
+    ] = None,
+    pgd_restarts: Annotated[
+        int, typer.Option(help="With --attack pgd: runs per ε; each image keeps one that fools the model.")
+    ] = 1,
+    pgd_random_start: Annotated[
+        bool, typer.Option("--pgd-random-start/--no-pgd-random-start", help="With --attack pgd: start inside the ball.")
+    ] = True,
     eps_sweep: opt.EpsSweepOption = "lin",
     bounds: opt.BoundsOption = "0,1",
     atol: opt.AtolOption = None,
@@ -66,6 +83,7 @@ def inspect_command(
 ) -> None:
     """Score every kernel of the first Conv by dropping it, split them into fragile (S) and null (S')."""
     # Heavy libraries (torch, onnx, onnxruntime) load only when the command runs, so --help stays instant.
+    from kernelscope.attacks.pgd import PgdSettings
     from kernelscope.audit import inspect_model
     from kernelscope.cli.render import render_inspect
     from kernelscope.report.json_report import dumps, inspect_to_dict
@@ -80,8 +98,12 @@ def inspect_command(
         data=data, data_dir=data_dir, split=split, download=download, layer=layer, output=output,
         input_shape=input_shape, drop=drop, limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean,
         std=std, layout=layout, size=size, channels=channels, device=device, threads=threads, bootstrap=bootstrap,
-        attack=attack, epsilons=eps, epsilons_option="--eps", eps_sweep=eps_sweep, bounds=bounds, atol=atol,
-        method=method, compare_exact=compare_exact,
+        attack=not no_attack, attack_method=attack.lower(), epsilons=eps, epsilons_option="--eps",
+        eps_sweep=eps_sweep, bounds=bounds, atol=atol, method=method, compare_exact=compare_exact,
+        pgd=PgdSettings(
+            norm=pgd_norm.lower(), steps=pgd_steps, step_size=pgd_step_size, random_start=pgd_random_start,
+            restarts=pgd_restarts,
+        ),
     )  # fmt: skip
     report = inspect_model(model, config, progress=progress_for(quiet))
     render_inspect(console(), report, top=top, quiet=quiet)

@@ -147,21 +147,22 @@ def kernel_table(report: InspectReport, top: int | None = None) -> Table:
 
 
 def attack_table(report: InspectReport) -> Table | None:
-    """FGSM accuracy per ε with its 95 % interval, and the targeting fractions."""
+    """Accuracy under the attack (FGSM or PGD) per ε with its 95 % interval, and the targeting fractions."""
     attack = report.attack
     if attack is None:
         return None
     sweep = attack.sweep
     mirror = attack.mirror
+    name = "FGSM sweep" if sweep.pgd is None else f"{sweep.pgd.describe()} sweep"
     table = Table(
-        title=f"FGSM sweep ({attack.epsilon_source}; ε in [0, 1] pixel units; mirror parity "
+        title=f"{name} ({attack.epsilon_source}; ε in [0, 1] pixel units; mirror parity "
         f"{mirror.relative_diff:.1e} <= {mirror.tolerance:g})",
         title_justify="left",
     )
     for name in ("ε", "accuracy", "95% CI", "attacks S (raw)", "attacks S (normalized)"):
         table.add_column(name, justify="right")
     targeting = {t.epsilon: t for t in sweep.targeting}
-    for entry in sweep.fgsm:
+    for entry in sweep.accuracy:
         t = targeting.get(entry.epsilon)
         table.add_row(
             f"{entry.epsilon:g}",

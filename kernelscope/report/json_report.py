@@ -6,6 +6,7 @@ import json
 import math
 from typing import Any
 
+from kernelscope.attacks.pgd import PgdSettings
 from kernelscope.attacks.sweep import EpsilonAccuracy, EpsilonTargeting
 from kernelscope.audit import DataSummary, InspectConfig, InspectReport, ModelSummary
 from kernelscope.fast_scoring import FastScoring
@@ -197,8 +198,9 @@ def _estimate(fast: FastScoring | None) -> dict[str, Any] | None:
 def _attack_dict(report: InspectReport) -> dict[str, Any]:
     attack = report.attack
     if attack is None:
-        return {"mirror": None, "fgsm": None, "targeting": None, "attack": None}
+        return {"mirror": None, "fgsm": None, "pgd": None, "targeting": None, "attack": None}
     sweep = attack.sweep
+    settings = sweep.pgd
     return {
         "mirror": {
             "max_abs_diff": attack.mirror.max_abs_diff,
@@ -208,10 +210,12 @@ def _attack_dict(report: InspectReport) -> dict[str, Any]:
             "images": attack.mirror.images,
             "first_divergence": attack.mirror.first_divergence,
         },
-        "fgsm": fgsm_list(sweep.fgsm),
+        # The same shape under the name of the attack that ran; the other is null.
+        "fgsm": fgsm_list(sweep.accuracy) if sweep.name == "fgsm" else None,
+        "pgd": fgsm_list(sweep.accuracy) if sweep.name == "pgd" else None,
         "targeting": targeting_list(sweep.targeting),
         "attack": {
-            "name": "fgsm",
+            "name": sweep.name,
             "space": "pixels scaled to [0, 1] (pixel / 255) at the model's size, before normalization",
             "epsilons": sweep.epsilons,
             "epsilon_source": attack.epsilon_source,
@@ -221,7 +225,20 @@ def _attack_dict(report: InspectReport) -> dict[str, Any]:
             "inference_only_ops": attack.preflight.inference_only_ops,
             "zero_gradient_images": sweep.zero_gradient_images,
             "nonfinite_gradient_images": sweep.nonfinite_gradient_images,
+            "pgd": None if settings is None else pgd_settings_dict(settings),
         },
+    }
+
+
+def pgd_settings_dict(settings: PgdSettings) -> dict[str, Any]:
+    """How PGD ran: norm, steps, step size (absolute, or relative to ε/steps), random start, restarts."""
+    return {
+        "norm": settings.norm,
+        "steps": settings.steps,
+        "step_size": settings.step_size,
+        "relative_step": None if settings.step_size is not None else settings.relative_step,
+        "random_start": settings.random_start,
+        "restarts": settings.restarts,
     }
 
 
