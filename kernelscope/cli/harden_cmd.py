@@ -9,6 +9,7 @@ import typer
 
 from kernelscope.cli import options as opt
 from kernelscope.cli.context import console, error_console, progress_for
+from kernelscope.cli.figures import check_figure_outputs, write_figure_outputs
 from kernelscope.errors import AuditFailed
 from kernelscope.io import atomic_write_text, check_output_path
 
@@ -65,6 +66,8 @@ def harden_command(
     size: opt.SizeOption = None,
     channels: opt.ChannelsOption = None,
     json_path: opt.JsonOption = None,
+    html_path: opt.HtmlOption = None,
+    plots_dir: opt.PlotsOption = None,
     force: opt.ForceOption = False,
     quiet: opt.QuietOption = False,
 ) -> None:
@@ -79,6 +82,7 @@ def harden_command(
         check_output_path(Path(f"{out}.data"), force=force, inputs=(model,))
     if json_path is not None:
         check_output_path(json_path, force=force, inputs=(model, out))
+    check_figure_outputs(html_path, plots_dir, force=force, inputs=(model, out), other_outputs=(json_path, out))
     inspect = opt.inspect_config(
         data=data, data_dir=data_dir, split=split, download=download, layer=layer, output=output,
         input_shape=input_shape, drop=drop, limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean,
@@ -97,10 +101,12 @@ def harden_command(
     if report.hardened is not None:
         write_hardened(report, out)
     render_harden(console(), report, quiet=quiet)
+    doc = harden_to_dict(report, inspect) if (json_path, html_path, plots_dir) != (None, None, None) else {}
     if json_path is not None:
-        atomic_write_text(json_path, dumps(harden_to_dict(report, inspect)))
+        atomic_write_text(json_path, dumps(doc))
         if not quiet:
             error_console().print(f"[dim]wrote {json_path}[/dim]")
+    write_figure_outputs(doc, html_path, plots_dir, quiet=quiet)
     if report.hardened is None:
         raise AuditFailed(
             "no noise level improved FGSM accuracy on the validation split within the clean budget; nothing written"

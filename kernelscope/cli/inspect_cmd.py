@@ -9,6 +9,7 @@ import typer
 
 from kernelscope.cli import options as opt
 from kernelscope.cli.context import console, error_console, progress_for
+from kernelscope.cli.figures import check_figure_outputs, write_figure_outputs
 from kernelscope.errors import AuditFailed, UsageError
 from kernelscope.io import atomic_write_text, check_output_path
 
@@ -78,6 +79,8 @@ def inspect_command(
     size: opt.SizeOption = None,
     channels: opt.ChannelsOption = None,
     json_path: opt.JsonOption = None,
+    html_path: opt.HtmlOption = None,
+    plots_dir: opt.PlotsOption = None,
     force: opt.ForceOption = False,
     quiet: opt.QuietOption = False,
 ) -> None:
@@ -94,6 +97,7 @@ def inspect_command(
         raise UsageError(f"--top must be positive, not {top}")
     if json_path is not None:
         check_output_path(json_path, force=force, inputs=(model,))
+    check_figure_outputs(html_path, plots_dir, force=force, inputs=(model,), other_outputs=(json_path,))
     config = opt.inspect_config(
         data=data, data_dir=data_dir, split=split, download=download, layer=layer, output=output,
         input_shape=input_shape, drop=drop, limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean,
@@ -107,10 +111,12 @@ def inspect_command(
     )  # fmt: skip
     report = inspect_model(model, config, progress=progress_for(quiet))
     render_inspect(console(), report, top=top, quiet=quiet)
+    doc = inspect_to_dict(report) if (json_path, html_path, plots_dir) != (None, None, None) else {}
     if json_path is not None:
-        atomic_write_text(json_path, dumps(inspect_to_dict(report)))
+        atomic_write_text(json_path, dumps(doc))
         if not quiet:
             error_console().print(f"[dim]wrote {json_path}[/dim]")
+    write_figure_outputs(doc, html_path, plots_dir, quiet=quiet)
     if min_accuracy is not None:
         baseline = report.baseline_accuracy
         if baseline is None:

@@ -72,6 +72,24 @@ JsonOption = Annotated[
     Path | None,
     typer.Option("--json", help="Write the full report as JSON (schema: docs/json-schema.md).", rich_help_panel=OUTPUT),
 ]
+HtmlOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--html",
+        help="Write a self-contained HTML report with the paper's three figures (needs: pip install "
+        "'kernelscope[plots]').",
+        rich_help_panel=OUTPUT,
+    ),
+]
+PlotsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--plots",
+        help="Write the figures as PNG files into this folder (created if needed): fig1_kernel_accuracy.png, "
+        "fig2_accuracy_vs_epsilon.png, fig3_targeting.png.",
+        rich_help_panel=OUTPUT,
+    ),
+]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.", rich_help_panel=OUTPUT)]
 QuietOption = Annotated[
     bool,
