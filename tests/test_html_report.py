@@ -18,7 +18,7 @@ from PIL import Image
 from kernelscope.cli.app import main
 from kernelscope.report import plots
 from kernelscope.report.html import Image as PageImage
-from kernelscope.report.html import KeyValues, Paragraph, Section, Table, render_page
+from kernelscope.report.html import KeyValues, Paragraph, Section, Table, render_page, report_page
 
 from builders import conv_classifier, random_npz, save
 
@@ -323,3 +323,17 @@ def test_page_renders_in_headless_chromium(inspected, tmp_path):
     with Image.open(shot) as image:
         assert image.width == 1280 and image.height > 2500
         assert len(image.convert("RGB").getcolors(1_000_000) or []) > 50
+
+
+def test_pgd_reports_are_drawn_under_their_attack(inspected):
+    doc = json.loads((inspected / "r.json").read_text())
+    doc["pgd"], doc["fgsm"] = doc["fgsm"], None  # the shape `inspect --attack pgd` writes
+    doc["attack"] = doc["attack"] | {"name": "pgd", "pgd": {"norm": "l2", "steps": 10}}
+    assert plots.available_figures(doc) == list(plots.FIGURE_FILES)
+    fig2 = plots.accuracy_vs_epsilon_figure(doc)
+    assert fig2.axes[0].get_ylabel() == "top-1 accuracy under PGD (%)"
+    assert fig2.axes[0].get_xlabel() == plots.EPSILON_LABEL_L2
+    page = _Page()
+    page.feed(report_page(doc))
+    assert len(page.images) == 3 and page.images[1]["alt"].startswith("Fig. 2: accuracy under PGD")
+    assert [row[0] for row in _table_with(page, "95 % CI (Wilson)")[1:]] == ["0", "0.05", "0.1"]

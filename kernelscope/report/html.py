@@ -547,9 +547,14 @@ def _fig2(report: Report, hardened: Report | None) -> Block:
         hardened,
         alt=f"Fig. 2: accuracy under {plots.attack_name(report)} vs epsilon, linear and logarithmic epsilon axes",
         caption=f"Fig. 2. Accuracy under {plots.attack_name(report)} vs ε on a linear (left) and a logarithmic "
-        "(right) ε axis; ε is the per-pixel budget with pixels in [0, 1], before normalization. Shaded: 95 % Wilson "
-        "intervals.",
+        f"(right) ε axis; ε is the {_epsilon_meaning(report)} with pixels in [0, 1], before normalization. Shaded: "
+        "95 % Wilson intervals.",
     )
+
+
+def _epsilon_meaning(report: Report) -> str:
+    l2 = plots.epsilon_label(report) == plots.EPSILON_LABEL_L2
+    return "L2 norm of the perturbation" if l2 else "per-pixel budget"
 
 
 def _fig3(report: Report, hardened: Report | None) -> Block:

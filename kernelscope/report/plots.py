@@ -64,6 +64,7 @@ FIGURE_FILES: dict[str, str] = {
 INSTALL_HINT = 'pip install "kernelscope[plots]"'
 
 EPSILON_LABEL = "ε (per-pixel budget, pixels in [0, 1])"
+EPSILON_LABEL_L2 = "ε (L2 norm of the perturbation, pixels in [0, 1])"
 FRAGILE_COLOR = "#c0392b"
 NULL_COLOR = "#2e6da4"
 SERIES_STYLE = {  # label -> (color, marker, line width, z-order): the original is drawn thinner, on top
@@ -115,6 +116,12 @@ def _sweep_of(doc: Report, *, hardened: bool) -> tuple[list[dict[str, Any]], lis
 def _attack_key(doc: Report) -> str:
     """The key of the accuracy sweep: the attack's name (``fgsm``, or ``pgd`` for ``inspect --attack pgd``)."""
     return str((doc.get("attack") or {}).get("name") or "fgsm").lower()
+
+
+def epsilon_label(report: Report) -> str:
+    """The ε axis label: a per-pixel (L∞) budget, or the L2 norm of the change for ``--attack pgd --pgd-norm l2``."""
+    pgd = (report.get("attack") or {}).get("pgd") if report.get("command") != "harden" else None
+    return EPSILON_LABEL_L2 if pgd and str(pgd.get("norm", "")).lower() == "l2" else EPSILON_LABEL
 
 
 def attack_name(report: Report) -> str:
@@ -355,7 +362,7 @@ def accuracy_vs_epsilon_figure(report: Report, hardened: Report | None = None) -
             )  # fmt: skip
     for ax in (linear, logarithmic):
         ax.set_ylim(-2, 102)
-        ax.set_xlabel(EPSILON_LABEL, fontsize=11)
+        ax.set_xlabel(epsilon_label(report), fontsize=11)
         ax.set_ylabel(f"top-1 accuracy under {name} (%)", fontsize=11)
     linear.set_xlim(left=0)
     linear.set_title("linear ε axis", fontsize=11)
@@ -406,7 +413,7 @@ def targeting_figure(report: Report, hardened: Report | None = None) -> Figure:
         ax.set_xlim(left=0)
     ax.set_ylim(-3, 112)
     ax.set_yticks(range(0, 101, 20))
-    ax.set_xlabel(EPSILON_LABEL, fontsize=11)
+    ax.set_xlabel(epsilon_label(report), fontsize=11)
     ax.set_ylabel("examples attacking S (%)", fontsize=11)
     # Below the axes, so that it never hides a curve.
     fig.legend(loc="outside lower center", fontsize=9.5, frameon=False, ncols=2)
