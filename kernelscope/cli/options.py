@@ -76,8 +76,8 @@ HtmlOption = Annotated[
     Path | None,
     typer.Option(
         "--html",
-        help="Write a self-contained HTML report with the paper's three figures (needs: pip install "
-        "'kernelscope[plots]').",
+        help="Write a self-contained HTML report with the paper's three figures (needs matplotlib: the plots "
+        "extra of kernelscope).",
         rich_help_panel=OUTPUT,
     ),
 ]
