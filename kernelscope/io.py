@@ -26,11 +26,23 @@ def check_output_path(path: str | os.PathLike[str], *, force: bool, inputs: tupl
     return target
 
 
+def _default_file_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 less the umask).
+
+    ``tempfile.mkstemp`` creates files readable by their owner only; a report or a model written through a
+    temporary file should end up with the permissions any other new file would get, so others can read it.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to a temporary file in the same folder, then rename it over ``path``."""
     target = Path(path)
     handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
     try:
+        os.chmod(temp, _default_file_mode())
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
@@ -78,6 +90,7 @@ def save_model_atomic(proto, path: str | os.PathLike[str], *, external_data: boo
         written = []
         for name in (data_name, target.name):
             if (staging / name).exists():
+                os.chmod(staging / name, _default_file_mode())
                 os.replace(staging / name, target.parent / name)
                 written.append(target.parent / name)
         return written[::-1]
