@@ -14,7 +14,12 @@ import numpy as np
 import onnx
 
 from kernelscope.attacks.fgsm import default_epsilons
-from kernelscope.attacks.gradients import InputGradient, model_input_from_unit_pixels, per_example_loss
+from kernelscope.attacks.gradients import (
+    InputGradient,
+    model_input_from_unit_pixels,
+    per_example_loss,
+    precise_cross_entropy,
+)
 from kernelscope.attacks.pgd import Objective, PgdSettings
 from kernelscope.attacks.sweep import SweepResult, check_epsilons, fgsm_sweep, pgd_sweep
 from kernelscope.data.preprocessing import PreparedData
@@ -257,8 +262,12 @@ class LossObjective:
         target = torch.as_tensor(labels, dtype=torch.long)
 
         def objective(x01):  # (torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
-            value = per_example_loss(self.outputs(x01), target, self.loss)
-            return value, value
+            outputs = self.outputs(x01)
+            value = per_example_loss(outputs, target, self.loss)
+            if self.loss != "cross_entropy":
+                return value, value.detach().double()
+            # The same loss in float64 picks the kept iterate: float32 ties at 0 on confident images.
+            return value, precise_cross_entropy(outputs, target)
 
         return objective
 

@@ -46,6 +46,19 @@ def per_example_loss(output: torch.Tensor, target: torch.Tensor, loss: str = "cr
     return F.cross_entropy(output, target, reduction="none")
 
 
+def precise_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each example (B,) in float64, accurate for confident predictions.
+
+    float32 ``cross_entropy`` rounds to exactly 0 once the margin passes about 17, so every iterate of an attack
+    on a confident image would tie; softplus(logsumexp_{j≠y}(z_j − z_y)) keeps its tiny value (it is
+    log(1 + Σ_{j≠y} exp(z_j − z_y)), the same quantity). Used to pick the best iterate, not to differentiate.
+    """
+    z = logits.detach().reshape(logits.shape[0], -1).double()
+    index = target.reshape(-1, 1)
+    gap = (z - z.gather(1, index)).scatter(1, index, float("-inf"))
+    return F.softplus(torch.logsumexp(gap, dim=1))
+
+
 @dataclass
 class InputGradient:
     """∇ of the classification loss with respect to x01, through ``module`` (one forward+backward)."""

@@ -17,6 +17,7 @@ from typer.exceptions import TyperException
 from kernelscope import __version__
 from kernelscope.cli.harden_cmd import harden_command
 from kernelscope.cli.inspect_cmd import inspect_command
+from kernelscope.cli.neurons_cmd import neurons_command
 from kernelscope.errors import KernelscopeError
 
 
@@ -39,13 +40,14 @@ def _interruptible(command: Callable[..., None]) -> Callable[..., None]:
 
 app = typer.Typer(
     name="kernelscope",
-    help="Deployment-time audits of the first convolution of image classifiers (ONNX, TorchScript).",
+    help="Deployment-time audits of image classifiers (ONNX, TorchScript): first-layer kernels, last-layer neurons.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 app.command("inspect")(_interruptible(inspect_command))
 app.command("harden")(_interruptible(harden_command))
+app.command("neurons")(_interruptible(neurons_command))
 
 
 def _version(value: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
@@ -12,6 +13,7 @@ from rich.text import Text
 if TYPE_CHECKING:
     from kernelscope.audit import InspectReport
     from kernelscope.harden import HardenReport
+    from kernelscope.neurons.analysis import NeuronsReport
 
 
 def _shape(shape: tuple | None) -> str:
@@ -315,4 +317,82 @@ def render_harden(console: Console, report: HardenReport, quiet: bool = False) -
         body.append(Text(f"⚠ {warning}", style="yellow"))
     if report.written:
         body.append(Text(f"wrote {', '.join(report.written)}", style="green"))
+    console.print(Panel(Group(*body), title="Verdict", title_align="left"))
+
+
+def _size(value: float) -> str:
+    return "∞" if not np.isfinite(value) else f"{value:.3g}"
+
+
+def neurons_tables(report: NeuronsReport, top: int = 10) -> list[Table]:
+    """The final linear layer, its most sensitive neurons, and the attack comparison."""
+    head, check, sens = report.head, report.check, report.sensitivity
+    rows = [
+        ("layer", f"{head.name} ({head.op_type}): {head.features} features -> {head.classes} classes"),
+        ("features", repr(head.feature_tensor) + "".join(f" <- {op}" for op in head.feature_source)),
+        ("relu features", "yes (Δ kept to f_i + Δ >= 0)" if head.relu_features else "no (Δ unconstrained)"),
+        ("after", ", ".join(head.after) or "nothing (the layer's output is the scored output)"),
+        ("check", f"W f + b vs onnxruntime {check.weights_relative_diff:.1e}; same argmax on "
+         f"{check.prediction_agreement:.1%} of images"),
+    ]  # fmt: skip
+    if check.mirror_feature_relative_diff is not None:
+        rows.append(("mirror", f"features and logits vs onnxruntime {check.mirror_feature_relative_diff:.1e}"))
+    tables = [_key_values("Final linear layer", rows)]
+    n = report.data.n
+    table = Table(title=f"Most sensitive neurons ({n} images, clean accuracy {report.clean_accuracy:.2%})",
+                  title_justify="left")  # fmt: skip
+    for name in ("neuron", "most sensitive", "median |Δ|", "mean scaled Δ", "flippable", "μ", "σ"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for index in sens.order[:top]:
+        s = sens.neurons[index]
+        table.add_row(
+            str(s.index),
+            f"{s.times_most_sensitive} ({s.times_most_sensitive / n:.0%})" if n else "0",
+            _size(s.median_abs_delta),
+            _size(s.mean_scaled_delta) if np.isfinite(s.mean_scaled_delta) else "–",
+            f"{s.flippable / n:.0%}" if n else "–",
+            f"{s.feature_mean:.3g}",
+            f"{s.feature_std:.3g}",
+        )
+    table.caption = (
+        "most sensitive: images on which the neuron ranks first by (|Δ| − μ)/σ; Δ: the change of that feature alone "
+        "that ties the prediction with another class; flippable: images where such a change exists"
+    )
+    tables.append(table)
+    single, pgd = report.single_neuron, report.pgd
+    if single is not None and pgd is not None:
+        s = report.settings
+        norm = "L2" if s.pgd.norm == "l2" else "L∞"
+        attack = Table(
+            title=f"Single-neuron attack vs PGD ({norm} ε = {s.epsilon:g}, {s.pgd.steps} steps of "
+            f"{s.pgd.step_for(s.epsilon):.3g}, λ = {s.lam:g})",
+            title_justify="left",
+        )
+        for name in ("attack", "success", "95% CI", "images"):
+            attack.add_column(name, justify="right", no_wrap=True)
+        for r in single.rates:
+            attack.add_row(f"best of {r.k} neuron(s)", f"{r.rate:.1%}", f"{r.ci95[0]:.1%} – {r.ci95[1]:.1%}", str(r.n))
+        attack.add_row("untargeted PGD", f"{pgd.rate:.1%}", f"{pgd.ci95[0]:.1%} – {pgd.ci95[1]:.1%}", str(pgd.n),
+                       style="bold")  # fmt: skip
+        attack.caption = (
+            f"success: the deployed model's prediction changes; {single.attacks} single-neuron attacks run, "
+            f"{single.moved_toward_target} of them moved the neuron toward its target"
+        )
+        tables.append(attack)
+    return tables
+
+
+def render_neurons(console: Console, report: NeuronsReport, top: int = 10, quiet: bool = False) -> None:
+    """Print the ``neurons`` report."""
+    if quiet:
+        console.print(report.verdict, soft_wrap=True)
+        return
+    console.print(model_table(report))  # type: ignore[arg-type]  # uses only .model
+    console.print()
+    console.print(data_table(report))  # type: ignore[arg-type]  # uses only .data
+    for table in neurons_tables(report, top):
+        console.print()
+        console.print(table)
+    body = [Text(report.verdict)]
+    body += [Text(f"⚠ {warning}", style="yellow") for warning in report.warnings]
     console.print(Panel(Group(*body), title="Verdict", title_align="left"))

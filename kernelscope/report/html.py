@@ -709,4 +709,8 @@ def report_page(report: Report, hardened: Report | None = None) -> str:
     """The page of any report document, by its ``command``."""
     if report.get("command") == "harden":
         return harden_page(report)
+    if report.get("command") == "neurons":
+        from kernelscope.report.neurons_page import neurons_page  # it imports this module
+
+        return neurons_page(report)
     return inspect_page(report, hardened)

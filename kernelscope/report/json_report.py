@@ -13,6 +13,7 @@ from kernelscope.fast_scoring import FastScoring
 from kernelscope.harden import HardenReport, Measurement
 from kernelscope.model.first_conv import ConvLayer
 from kernelscope.model.loading import TensorInfo
+from kernelscope.neurons.analysis import NeuronsReport
 
 #: Bumped on any incompatible change of keys or meanings; additions keep the version.
 SCHEMA_VERSION = 1
@@ -323,6 +324,107 @@ def harden_to_dict(report: HardenReport, config: InspectConfig, *, include_timin
             "after": measurement(report.after),
             "written": report.written[0] if report.written else None,
             "files": report.written,
+        },
+        "warnings": report.warnings,
+        "verdict": report.verdict,
+    }
+    if include_timings:
+        doc["timings"] = {key: _finite(value) for key, value in report.timings.items()}
+    return doc
+
+
+def _number(value: float) -> float | None:
+    """A float for JSON: infinities and NaN become null."""
+    return float(value) if math.isfinite(value) else None
+
+
+def neurons_to_dict(report: NeuronsReport, config: InspectConfig, *, include_timings: bool = True) -> dict[str, Any]:
+    """The ``neurons`` report as plain JSON types (schema: docs/json-schema.md)."""
+    head, check, sens, s = report.head, report.check, report.sensitivity, report.settings
+    single, pgd = report.single_neuron, report.pgd
+    step = s.pgd.step_for(s.epsilon)
+    neurons: dict[str, Any] = {
+        "layer": head.name,
+        "op_type": head.op_type,
+        "feature_tensor": head.feature_tensor,
+        "logits_tensor": head.logits_tensor,
+        "count": head.features,
+        "classes": head.classes,
+        "relu_features": head.relu_features,
+        "feature_source": list(head.feature_source),
+        "after": list(head.after),
+        "connected": head.connected,
+        "check": {
+            "weights_relative_diff": check.weights_relative_diff,
+            "prediction_agreement": check.prediction_agreement,
+            "feature_min": _number(check.feature_min),
+            "mirror_feature_relative_diff": check.mirror_feature_relative_diff,
+        },
+        "ranking": "per image by (|Δ| − μ_i) / σ_i, smallest first; μ_i, σ_i: mean and std of f_i over the data",
+        "most_sensitive": sens.order,
+        "unflippable_images": sens.unflippable_images,
+        "sensitivity": [
+            {
+                "index": n.index,
+                "median_abs_delta": _number(n.median_abs_delta),
+                "mean_scaled_delta": _number(n.mean_scaled_delta),
+                "times_most_sensitive": n.times_most_sensitive,
+                "flippable": n.flippable,
+                "feature_mean": n.feature_mean,
+                "feature_std": n.feature_std,
+            }
+            for n in sens.neurons
+        ],
+        "single_neuron_attack": None
+        if single is None
+        else {
+            "k": [r.k for r in single.rates],
+            "success_rate": [r.rate for r in single.rates],
+            "successes": [r.successes for r in single.rates],
+            "ci95": [list(r.ci95) for r in single.rates],
+            "images": report.data.n,
+            "epsilon": s.epsilon,
+            "norm": s.pgd.norm,
+            "steps": s.pgd.steps,
+            "step_size": step,
+            "random_start": s.pgd.random_start,
+            "lambda": s.lam,
+            "attacks": single.attacks,
+            "skipped_infinite": single.skipped_infinite,
+            "moved_toward_target": single.moved_toward_target,
+        },
+        "pgd": None
+        if pgd is None
+        else {
+            "success_rate": pgd.rate,
+            "successes": pgd.successes,
+            "ci95": list(pgd.ci95),
+            "images": pgd.n,
+            "epsilon": s.epsilon,
+            "norm": s.pgd.norm,
+            "steps": s.pgd.steps,
+            "step_size": step,
+            "random_start": s.pgd.random_start,
+        },
+    }
+    mirror = report.mirror
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kernelscope_version": report.kernelscope_version,
+        "command": "neurons",
+        "model": model_dict(report.model),
+        "data": data_dict(report.data),
+        "clean_accuracy": report.clean_accuracy,
+        "neurons": neurons,
+        "mirror": None
+        if mirror is None
+        else {
+            "max_abs_diff": mirror.max_abs_diff,
+            "relative_diff": mirror.relative_diff,
+            "tolerance": mirror.tolerance,
+            "ok": mirror.ok,
+            "images": mirror.images,
+            "first_divergence": mirror.first_divergence,
         },
         "warnings": report.warnings,
         "verdict": report.verdict,

@@ -1,0 +1,114 @@
+"""``kernelscope neurons``: sensitivity of the final linear layer's input neurons and the single-neuron attack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kernelscope.cli import options as opt
+from kernelscope.cli.context import console, error_console, progress_for
+from kernelscope.cli.figures import check_figure_outputs, write_figure_outputs
+from kernelscope.errors import UsageError
+from kernelscope.io import atomic_write_text, check_output_path
+
+ATTACK = "Single-neuron attack and PGD comparison"
+
+
+def neurons_command(
+    model: Annotated[Path, typer.Argument(help="Classifier to analyse: .onnx, or TorchScript .pt (torch.jit.save).")],
+    data: opt.DataOption,
+    data_dir: opt.DataDirOption = None,
+    split: opt.SplitOption = "test",
+    download: opt.DownloadOption = True,
+    limit: opt.LimitOption = None,
+    seed: opt.SeedOption = 0,
+    batch_size: opt.BatchSizeOption = 128,
+    layer: Annotated[
+        str | None,
+        typer.Option(help="The final linear layer (Gemm or MatMul node, by name or output name); default: found."),
+    ] = None,
+    output: opt.OutputOption = None,
+    input_shape: opt.InputShapeOption = None,
+    no_attack: Annotated[
+        bool, typer.Option("--no-attack", help="Only the sensitivity table: no attacks.", rich_help_panel=ATTACK)
+    ] = False,
+    k: Annotated[
+        str,
+        typer.Option(help="How many top-ranked neurons to try per image, e.g. 1,4,8,16.", rich_help_panel=ATTACK),
+    ] = "1,4,8,16",
+    eps: Annotated[
+        float, typer.Option(help="Attack budget ε in [0, 1] pixel units (L2 norm by default).", rich_help_panel=ATTACK)
+    ] = 0.5,
+    norm: Annotated[str, typer.Option(help="l2 (as the paper) or linf.", rich_help_panel=ATTACK)] = "l2",
+    steps: Annotated[int, typer.Option(help="PGD steps of each attack.", rich_help_panel=ATTACK)] = 50,
+    step_size: Annotated[
+        float | None, typer.Option(help="PGD step in [0, 1] pixel units (default 2.5·ε/steps).", rich_help_panel=ATTACK)
+    ] = None,
+    lam: Annotated[
+        float, typer.Option(help="Weight λ of the targeted neuron's term in the loss.", rich_help_panel=ATTACK)
+    ] = 10.0,
+    random_start: Annotated[
+        bool,
+        typer.Option("--random-start/--no-random-start", help="Start inside the ball.", rich_help_panel=ATTACK),
+    ] = False,
+    bounds: opt.BoundsOption = "0,1",
+    atol: opt.AtolOption = None,
+    device: opt.DeviceOption = "auto",
+    threads: opt.ThreadsOption = None,
+    top: Annotated[int, typer.Option(help="Neurons shown in the sensitivity table.")] = 10,
+    scale: opt.ScaleOption = None,
+    mean: opt.MeanOption = None,
+    std: opt.StdOption = None,
+    layout: opt.LayoutOption = None,
+    size: opt.SizeOption = None,
+    channels: opt.ChannelsOption = None,
+    json_path: opt.JsonOption = None,
+    html_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            help="Write a self-contained HTML report with the sensitivity and success-rate figures (needs "
+            "matplotlib: the plots extra of kernelscope).",
+            rich_help_panel=opt.OUTPUT,
+        ),
+    ] = None,
+    force: opt.ForceOption = False,
+    quiet: opt.QuietOption = False,
+) -> None:
+    """Rank the neurons feeding the final linear layer by how little change flips the prediction; attack them."""
+    # Heavy libraries (torch, onnx, onnxruntime) load only when the command runs, so --help stays instant.
+    from kernelscope.attacks.pgd import PgdSettings
+    from kernelscope.cli.render import render_neurons
+    from kernelscope.neurons.analysis import NeuronsConfig, analyse_neurons
+    from kernelscope.neurons.attack import AttackSettings
+    from kernelscope.report.json_report import dumps, neurons_to_dict
+
+    if top <= 0:
+        raise UsageError(f"--top must be positive, not {top}")
+    ks = opt.parse_ints(k, "--k")
+    if json_path is not None:
+        check_output_path(json_path, force=force, inputs=(model,))
+    check_figure_outputs(html_path, None, force=force, inputs=(model,), other_outputs=(json_path,))
+    inspect = opt.inspect_config(
+        data=data, data_dir=data_dir, split=split, download=download, output=output, input_shape=input_shape,
+        limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean, std=std, layout=layout, size=size,
+        channels=channels, device=device, threads=threads, epsilons=None, epsilons_option="--eps", bounds=bounds,
+        atol=atol,
+    )  # fmt: skip
+    settings = AttackSettings(
+        epsilon=eps,
+        pgd=PgdSettings(norm=norm.lower(), steps=steps, step_size=step_size, random_start=random_start),
+        lam=lam,
+        ks=tuple(ks or ()),
+    )
+    config = NeuronsConfig(inspect=inspect, layer=layer, attack=not no_attack, settings=settings)
+    report = analyse_neurons(model, config, progress=progress_for(quiet))
+    render_neurons(console(), report, top=top, quiet=quiet)
+    doc = neurons_to_dict(report, inspect) if (json_path, html_path) != (None, None) else {}
+    if json_path is not None:
+        atomic_write_text(json_path, dumps(doc))
+        if not quiet:
+            error_console().print(f"[dim]wrote {json_path}[/dim]")
+    write_figure_outputs(doc, html_path, None, quiet=quiet)

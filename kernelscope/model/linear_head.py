@@ -1,0 +1,291 @@
+"""Finding the final linear layer of a classifier: the ``Gemm`` (or ``MatMul`` + ``Add``) that makes the logits.
+
+Neuron sensitivity (:mod:`kernelscope.neurons`) needs z = W f + b for the scored output: W and b as
+constants, and f, the layer's input tensor (the "features", one vector per image). The layer is found by
+walking back from the scored output through ops that keep every image's order of classes (and so its
+argmax and its ties): Identity, Flatten, Reshape, Squeeze, Unsqueeze, Dropout, a float Cast, Softmax and
+LogSoftmax over the class axis, and Add/Sub of a scalar constant or Mul/Div by a positive scalar constant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from kernelscope.errors import ModelError, UsageError
+from kernelscope.model.graph import GraphIndex, NotConstant, attribute, constant_value, node_label
+
+#: Ops that keep each row's order of classes whatever their settings.
+_ORDER_KEEPING = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout")
+#: Ops after which a non-negative tensor stays non-negative (pooling and reshaping of ReLU outputs).
+_NON_NEGATIVE_KEEPING = (
+    "Identity",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Transpose",
+    "Dropout",
+    "GlobalAveragePool",
+    "AveragePool",
+    "GlobalMaxPool",
+    "MaxPool",
+    "ReduceMean",
+    "ReduceMax",
+)
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """The final linear layer: z = W f + b with f the ``feature_tensor`` of one image."""
+
+    name: str  # node name (or output name) of the Gemm / MatMul
+    op_type: str  # "Gemm", "MatMul" or "MatMul+Add"
+    feature_tensor: str  # ONNX tensor name of f (the layer's input)
+    logits_tensor: str  # ONNX tensor name of z (the layer's output, before any order-keeping op)
+    weight: np.ndarray  # (K, d) float64, alpha and transB folded in
+    bias: np.ndarray  # (K,) float64, beta folded in (zeros without a bias)
+    after: tuple[str, ...]  # "Op:name" of the order-keeping nodes between z and the scored output
+    connected: bool  # z reaches the scored output through order-keeping ops only
+    relu_features: bool  # f is a ReLU output, possibly pooled / reshaped: f >= 0 by construction
+    feature_source: tuple[str, ...]  # "Op:name" from f back to the op that decides its range (e.g. the Relu)
+
+    @property
+    def features(self) -> int:
+        """d, the number of input features (neurons)."""
+        return int(self.weight.shape[1])
+
+    @property
+    def classes(self) -> int:
+        """K, the number of classes."""
+        return int(self.weight.shape[0])
+
+
+def find_linear_head(proto: onnx.ModelProto, output: str, layer: str | None = None) -> LinearHead:
+    """The final linear layer for ``output``, or the ``Gemm`` / ``MatMul`` named ``layer``.
+
+    Raises :class:`ModelError` when no such layer produces the output (naming the op where the walk stopped)
+    or when its weight is not a constant, and :class:`UsageError` for a ``layer`` that is not a linear layer.
+    """
+    index = GraphIndex.build(proto.graph)
+    walked, after = _walk_back(index, output)
+    if layer is None:
+        node_index = index.producer.get(walked)
+        if node_index is None:
+            raise ModelError(f"the output {output!r} is not computed by any node; there is no linear layer to analyse")
+        head = _head_from(index, node_index)
+        if head is None:
+            node = index.node(node_index)
+            linear = [node_label(n) for n in proto.graph.node if n.op_type in ("Gemm", "MatMul")]
+            hint = (
+                f"pass --layer NAME to pick one of its linear layers ({', '.join(linear[:6])}"
+                + (" ..." if len(linear) > 6 else "")
+                + ")"
+                if linear
+                else "the model has no Gemm or MatMul"
+            )
+            raise ModelError(
+                f"the output {output!r} comes from {node.op_type} node {node_label(node)!r}, not from a final linear "
+                f"layer (Gemm, or MatMul + Add, through Flatten/Reshape/Softmax-like ops); {hint}"
+            )
+        return _describe(index, *head, after=after, connected=True)
+    candidates = [
+        i for i, node in enumerate(proto.graph.node) if layer in (node.name, node.output[0] if node.output else None)
+    ]
+    if not candidates:
+        linear = [node_label(n) for n in proto.graph.node if n.op_type in ("Gemm", "MatMul")]
+        listing = ", ".join(linear[:12]) + (" ..." if len(linear) > 12 else "")
+        raise UsageError(f"no node named {layer!r} in the model; its linear layers are: {listing or 'none'}")
+    node = index.node(candidates[0])
+    if node.op_type not in ("Gemm", "MatMul"):
+        raise UsageError(f"--layer {layer!r} is a {node.op_type} node; choose a Gemm or MatMul")
+    head = _head_from(index, candidates[0], accept_bias_add=True)
+    if head is None:
+        raise ModelError(f"--layer {layer!r}: its weight is not a constant matrix; it cannot be analysed")
+    matmul, add, out = head
+    return _describe(index, matmul, add, out, after=after if out == walked else (), connected=out == walked)
+
+
+def _walk_back(index: GraphIndex, output: str) -> tuple[str, tuple[str, ...]]:
+    """Follow ``output`` back through order-keeping nodes; return the tensor reached and the nodes passed."""
+    tensor, passed = output, []
+    for _ in range(64):  # heads are short; the bound protects against cycles in malformed files
+        node_index = index.producer.get(tensor)
+        if node_index is None:
+            break
+        node = index.node(node_index)
+        data = _order_keeping_input(index, node)
+        if data is None:
+            break
+        passed.append(f"{node.op_type}:{node_label(node)}")
+        tensor = data
+    return tensor, tuple(reversed(passed))
+
+
+def _order_keeping_input(index: GraphIndex, node: onnx.NodeProto) -> str | None:
+    """The data input of ``node`` when it keeps each row's class order, else ``None``."""
+    op = node.op_type
+    if not node.input or not node.input[0]:
+        return None
+    if op in _ORDER_KEEPING:
+        return node.input[0]
+    if op == "Cast":
+        return node.input[0] if attribute(node, "to") in _FLOAT_TYPES else None
+    if op in ("Softmax", "LogSoftmax"):
+        # The class axis is the last one of the (N, K) scores: -1, or 1 (the default before opset 13).
+        return node.input[0] if attribute(node, "axis", -1) in (-1, 1) else None
+    if op in ("Add", "Sub", "Mul", "Div") and len(node.input) == 2:
+        for data_pos, const_pos in ((0, 1), (1, 0)):
+            if op in ("Sub", "Div") and data_pos == 1:
+                continue  # c - x and c / x reverse the order
+            try:
+                value = constant_value(index, node.input[const_pos])[0]
+            except NotConstant:
+                continue
+            if np.size(value) != 1 or not np.isfinite(value).all():
+                continue
+            if op in ("Mul", "Div") and not float(np.asarray(value).reshape(())) > 0:
+                continue
+            return node.input[data_pos]
+    return None
+
+
+def _head_from(index: GraphIndex, node_index: int, accept_bias_add: bool = False) -> tuple[int, int | None, str] | None:
+    """(linear node, bias Add node or None, output tensor of the layer) when ``node_index`` ends a linear layer.
+
+    From the walk: ``node_index`` is a Gemm, a MatMul, or an Add of a constant to a MatMul's output. With
+    ``accept_bias_add`` (a --layer pick) a MatMul whose only consumer adds a constant bias includes that Add.
+    """
+    node = index.node(node_index)
+    if node.op_type == "Gemm":
+        return node_index, None, node.output[0]
+    if node.op_type == "MatMul":
+        if accept_bias_add:
+            consumers = index.consumers.get(node.output[0], [])
+            if len(consumers) == 1:
+                add = index.node(consumers[0])
+                if add.op_type == "Add" and _constant_other(index, add, node.output[0]) is not None:
+                    return node_index, consumers[0], add.output[0]
+        return node_index, None, node.output[0]
+    if node.op_type == "Add" and len(node.input) == 2:
+        for pos in (0, 1):
+            producer = index.producer.get(node.input[pos])
+            if producer is None or index.node(producer).op_type != "MatMul":
+                continue
+            if _constant_other(index, node, node.input[pos]) is not None:
+                return producer, node_index, node.output[0]
+    return None
+
+
+def _constant_other(index: GraphIndex, add: onnx.NodeProto, data: str) -> np.ndarray | None:
+    """The constant input of a two-input ``add`` whose other input is ``data``, or ``None``."""
+    others = [name for name in add.input if name != data]
+    if len(others) != 1:
+        return None
+    try:
+        return constant_value(index, others[0])[0]
+    except NotConstant:
+        return None
+
+
+def _constant(index: GraphIndex, node: onnx.NodeProto, position: int, what: str) -> np.ndarray:
+    try:
+        return np.asarray(constant_value(index, node.input[position])[0], dtype=np.float64)
+    except NotConstant as exc:
+        raise ModelError(
+            f"the {what} of {node.op_type} node {node_label(node)!r} is not a constant ({exc.reason}); neuron "
+            "sensitivity needs the final layer's weights"
+        ) from None
+
+
+def _bias_vector(value: np.ndarray, classes: int, where: str) -> np.ndarray:
+    """A bias broadcast to (K,): a scalar, (K,) or (1, K); anything per-image is refused."""
+    flat = np.asarray(value, dtype=np.float64)
+    if flat.size == 1:
+        return np.full(classes, float(flat.reshape(())))
+    if flat.size == classes and (flat.ndim == 1 or (flat.ndim == 2 and flat.shape[0] == 1)):
+        return flat.reshape(classes)
+    raise ModelError(f"the bias of {where} has shape {list(flat.shape)}, not one value per class ({classes})")
+
+
+def _describe(
+    index: GraphIndex, linear: int, add: int | None, out: str, *, after: tuple[str, ...], connected: bool
+) -> LinearHead:
+    node = index.node(linear)
+    label = node_label(node)
+    if len(node.input) < 2 or not node.input[0]:
+        raise ModelError(f"{node.op_type} node {label!r} has no data or weight input; the graph is malformed")
+    if node.op_type == "Gemm":
+        if attribute(node, "transA", 0):
+            raise ModelError(
+                f"Gemm node {label!r} has transA=1 (one image per column); kernelscope reads features as rows"
+            )
+        b = _constant(index, node, 1, "weight")
+        if b.ndim != 2:
+            raise ModelError(f"the weight of Gemm node {label!r} is {b.ndim}-D, not a matrix")
+        alpha = float(attribute(node, "alpha", 1.0))
+        beta = float(attribute(node, "beta", 1.0))
+        # Y = alpha * A B' + beta * C, with B' = B^T when transB: so W = alpha * B'^T is (K, d).
+        weight = alpha * (b if attribute(node, "transB", 0) else b.T)
+        bias = np.zeros(weight.shape[0])
+        if len(node.input) > 2 and node.input[2]:
+            bias = beta * _bias_vector(_constant(index, node, 2, "bias"), weight.shape[0], f"Gemm node {label!r}")
+        op_type = "Gemm"
+    else:
+        b = _constant(index, node, 1, "weight")
+        if b.ndim != 2:
+            raise ModelError(f"the weight of MatMul node {label!r} is {b.ndim}-D, not a (features, classes) matrix")
+        weight = b.T
+        bias = np.zeros(weight.shape[0])
+        op_type = "MatMul"
+        if add is not None:
+            add_node = index.node(add)
+            value = _constant_other(index, add_node, node.output[0])
+            bias = _bias_vector(value, weight.shape[0], f"Add node {node_label(add_node)!r}")
+            op_type = "MatMul+Add"
+    if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(bias))):
+        raise ModelError(f"the weights of {op_type} node {label!r} contain NaN or Inf values")
+    if weight.shape[0] < 2:
+        raise ModelError(
+            f"{op_type} node {label!r} has {weight.shape[0]} output; a classifier needs two classes or more"
+        )
+    relu, source = _relu_source(index, node.input[0])
+    return LinearHead(
+        name=label,
+        op_type=op_type,
+        feature_tensor=node.input[0],
+        logits_tensor=out,
+        weight=np.ascontiguousarray(weight),
+        bias=bias,
+        after=after,
+        connected=connected,
+        relu_features=relu,
+        feature_source=source,
+    )
+
+
+def _relu_source(index: GraphIndex, tensor: str, _depth: int = 0) -> tuple[bool, tuple[str, ...]]:
+    """Whether ``tensor`` is >= 0 because it is a ReLU output, possibly pooled or reshaped; and the ops passed.
+
+    A structural answer: Relu, then only ops that keep a non-negative tensor non-negative (reshaping,
+    transposing, average or max pooling, mean or max reduction; a Concat of such tensors).
+    """
+    passed: list[str] = []
+    for _ in range(64):
+        node_index = index.producer.get(tensor)
+        if node_index is None:
+            return False, tuple(passed)
+        node = index.node(node_index)
+        passed.append(f"{node.op_type}:{node_label(node)}")
+        if node.op_type == "Relu":
+            return True, tuple(passed)
+        if node.op_type == "Concat" and _depth < 8:
+            branches = [_relu_source(index, name, _depth + 1) for name in node.input if name]
+            return all(ok for ok, _ in branches) and bool(branches), tuple(passed)
+        if node.op_type not in _NON_NEGATIVE_KEEPING or not node.input or not node.input[0]:
+            return False, tuple(passed)
+        tensor = node.input[0]
+    return False, tuple(passed)

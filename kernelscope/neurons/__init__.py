@@ -1,0 +1,1 @@
+"""Neuron sensitivity of the final linear layer and the single-neuron attack (Suri & Evans, 2020)."""
