@@ -120,7 +120,9 @@ AtolOption = Annotated[
     ),
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA if onnxruntime-gpu sees a GPU), cpu or cuda.")]
-ThreadsOption = Annotated[int | None, typer.Option(help="onnxruntime intra-op threads (default: all cores).")]
+ThreadsOption = Annotated[
+    int | None, typer.Option(help="CPU threads for onnxruntime and the PyTorch mirror (default: all cores).")
+]
 
 
 def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
@@ -212,6 +214,14 @@ def inspect_config(
     """The library's config from the raw values of the options both commands share (parsed and checked here)."""
     from kernelscope.audit import InspectConfig  # heavy: imported when a command runs, not for --help
 
+    threads = fields.get("threads")
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:
+            raise UsageError(f"--threads must be a positive whole number, not {threads}")
+        import torch
+
+        # --threads caps the whole run: the mirror's gradients (torch) as well as onnxruntime's sessions.
+        torch.set_num_threads(threads)
     return InspectConfig(
         input_shape=parse_ints(input_shape, "--input-shape", 4),
         preprocessing=preprocessing_options(scale, mean, std, layout, size, channels),
