@@ -340,8 +340,9 @@ def neurons_tables(report: NeuronsReport, top: int = 10) -> list[Table]:
     tables = [_key_values("Final linear layer", rows)]
     n = report.data.n
     table = Table(title=f"Most sensitive neurons ({n} images, clean accuracy {report.clean_accuracy:.2%})",
-                  title_justify="left")  # fmt: skip
-    for name in ("neuron", "most sensitive", "median |Δ|", "mean scaled Δ", "flippable", "μ", "σ"):
+                  title_justify="left", min_width=76)  # fmt: skip
+    # Short headers so the table fits an 80-column terminal; the caption explains them.
+    for name in ("i", "first on", "med |Δ|", "scaled", "flips", "μ", "σ"):
         table.add_column(name, justify="right", no_wrap=True)
     for index in sens.order[:top]:
         s = sens.neurons[index]
@@ -349,14 +350,15 @@ def neurons_tables(report: NeuronsReport, top: int = 10) -> list[Table]:
             str(s.index),
             f"{s.times_most_sensitive} ({s.times_most_sensitive / n:.0%})" if n else "0",
             _size(s.median_abs_delta),
-            _size(s.mean_scaled_delta) if np.isfinite(s.mean_scaled_delta) else "–",
+            f"{s.mean_scaled_delta:.3g}" if np.isfinite(s.mean_scaled_delta) else "–",
             f"{s.flippable / n:.0%}" if n else "–",
             f"{s.feature_mean:.3g}",
             f"{s.feature_std:.3g}",
         )
     table.caption = (
-        "most sensitive: images on which the neuron ranks first by (|Δ| − μ)/σ; Δ: the change of that feature alone "
-        "that ties the prediction with another class; flippable: images where such a change exists"
+        "first on: images on which neuron i ranks first by (|Δ| − μ)/σ; Δ: the change of that feature alone that "
+        "ties the prediction with another class; med |Δ|: its median; scaled: mean (|Δ| − μ)/σ; flips: images "
+        "where such a change exists; μ, σ: the feature's mean and std"
     )
     tables.append(table)
     single, pgd = report.single_neuron, report.pgd
@@ -367,6 +369,7 @@ def neurons_tables(report: NeuronsReport, top: int = 10) -> list[Table]:
             title=f"Single-neuron attack vs PGD ({norm} ε = {s.epsilon:g}, {s.pgd.steps} steps of "
             f"{s.pgd.step_for(s.epsilon):.3g}, λ = {s.lam:g})",
             title_justify="left",
+            min_width=76,
         )
         for name in ("attack", "success", "95% CI", "images"):
             attack.add_column(name, justify="right", no_wrap=True)

@@ -329,7 +329,7 @@ def _warnings(report: NeuronsReport) -> list[str]:
     if sens.unflippable_images:
         notes.append(f"on {sens.unflippable_images} image(s) no single neuron can change the prediction")
     if report.data.n < 200:
-        notes.append(f"only {report.data.n} images: rates have wide intervals; use more data")
+        notes.append(f"only {report.data.n} images: the counts and rates are noisy; use more data")
     return notes
 
 

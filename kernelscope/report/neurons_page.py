@@ -122,7 +122,7 @@ def success_figure(report: Report) -> Figure:
     norm = "L2" if single.get("norm") == "l2" else "L∞"
     fig.suptitle("One neuron vs the whole output", fontsize=13, fontweight="bold")
     ax.set_title(
-        f"{norm} ε = {single['epsilon']:g}, {single['steps']} PGD steps, λ = {single.get('lambda', '?')}; "
+        f"{norm} ε = {single['epsilon']:g}, {single['steps']} PGD steps, λ = {single['lambda']:g}; "
         f"{single.get('images', '?')} images; 95 % intervals",
         fontsize=10,
         color="#444444",
