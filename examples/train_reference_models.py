@@ -159,9 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         test_data = load_idx(mnist / "t10k-images-idx3-ubyte.gz", mnist / "t10k-labels-idx1-ubyte.gz")
         # Digits are not mirror-symmetric: crops only, no flips.
-        config = TrainConfig(
-            epochs=MNIST_EPOCHS, seed=args.seed, max_lr=0.05, augment_flip=False, threads=args.threads
-        )
+        config = TrainConfig(epochs=MNIST_EPOCHS, seed=args.seed, max_lr=0.05, augment_flip=False, threads=args.threads)
         build_and_save("mnist_cnn", MnistCNN, MNIST, train_data, test_data, config, args.out)
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0
