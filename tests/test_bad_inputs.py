@@ -2,8 +2,11 @@
 
 Every case builds its files in a fresh folder (no committed binaries), runs ``main`` in-process, and checks
 that the folder is byte-for-byte what it was before the run: no report, no hardened model, no temp file,
-and no input file touched. Also here: pickles are never unpickled, Ctrl-C leaves nothing behind, and
-``inspect`` is deterministic for a given ``--seed``.
+and no input file touched. The model, data and option corpora run through ``inspect`` and ``neurons`` (with
+``neurons``' own messages where it looks at the final linear layer instead of the first Conv, and its own
+cases: no linear layer, a layer that is not Gemm/MatMul, weights computed at run time, attack options).
+Also here: pickles are never unpickled, Ctrl-C leaves nothing behind, and ``inspect`` is deterministic for a
+given ``--seed``.
 """
 
 from __future__ import annotations
@@ -303,6 +306,23 @@ def _m_bad_metadata(d: Path) -> Path:
     return save(model, d / "m.onnx")
 
 
+def _m_bad_reshape(initializer: str) -> Callable[[Path], Path]:
+    """``initializer`` stored flat and reshaped by a Reshape node ('fold') to a shape of another size."""
+
+    def build(d: Path) -> Path:
+        model = conv_classifier(out_channels=4, classes=4)
+        stored = next(t for t in model.graph.initializer if t.name == initializer)
+        flat = numpy_helper.to_array(stored).reshape(-1)
+        stored.CopyFrom(numpy_helper.from_array(flat, f"{initializer}_flat"))
+        model.graph.initializer.append(numpy_helper.from_array(np.array([3, flat.size // 3 + 1], np.int64), "shape"))
+        model.graph.node.insert(
+            0, helper.make_node("Reshape", [f"{initializer}_flat", "shape"], [initializer], name="fold")
+        )
+        return save(model, d / "m.onnx")
+
+    return build
+
+
 MODEL_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("empty-file", _m_empty, "is empty (0 bytes)"),
     ("random-bytes", _m_random, "not a readable ONNX model"),
@@ -321,6 +341,7 @@ MODEL_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("inf-weights", _m_weights(float("inf")), "contains 1 NaN or Inf values"),
     ("zero-channel-conv", lambda d: _model(d, weight_values=np.zeros((0, 3, 3, 3), np.float32)), "0 output channels"),
     ("unsupported-op", _m_unsupported_op, "does not support: Einsum (opset 13), Det (opset 13)"),
+    ("weight-bad-reshape", _m_bad_reshape("w"), "Reshape node 'fold' cannot be applied to its constant input"),
     ("opset-too-new", _m_new_opset, "newer than the installed onnx"),
     ("opset-too-old", lambda d: _model(d, opset=6), "supports opset 7 and newer"),
     ("bad-metadata-json", _m_bad_metadata, "metadata 'kernelscope.preprocessing' is not valid JSON"),
@@ -499,6 +520,7 @@ OPTION_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("bounds-reversed", lambda d: ["--bounds", "1,0"], "--bounds needs two numbers"),
     ("device-tpu", lambda d: ["--device", "tpu"], "--device must be auto, cpu or cuda"),
     ("layer-missing", lambda d: ["--layer", "nope"], "no node named 'nope'"),
+    ("layer-empty", lambda d: ["--layer", ""], "--layer needs a node name or output name, not an empty string"),
     ("output-missing", lambda d: ["--output", "nope"], "no output named 'nope'"),
     ("min-accuracy-2", lambda d: ["--min-accuracy", "2"], "--min-accuracy is a fraction"),
     ("unknown-option", lambda d: ["--frobnicate"], "No such option"),
@@ -574,6 +596,245 @@ def test_harden_bad_model_and_data(capsys: pytest.CaptureFixture[str], tmp_path:
     assert code == 2
     assert "no such data set or file" in _one_line_error(capsys.readouterr().err)
     assert _snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------------------------- neurons
+# ``neurons`` reads the same model files, data and shared options as ``inspect``: the corpora above run through
+# it too. Where it looks at another part of the graph (the final linear layer, not the first Conv) the expected
+# message differs, and a few inputs are not bad for it at all.
+
+
+def _neurons(capsys: pytest.CaptureFixture[str], model: Path, data: str | Path, *args: str) -> tuple[int, str]:
+    """Run ``neurons`` with the cheapest attack settings; (exit code, stderr)."""
+    code = main(["neurons", str(model), "--data", str(data), "--steps", "1", "--k", "1", *args])
+    return code, capsys.readouterr().err
+
+
+def _gemm(model: onnx.ModelProto) -> onnx.NodeProto:
+    return next(n for n in model.graph.node if n.op_type == "Gemm")
+
+
+def _initializer(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
+    return next(t for t in model.graph.initializer if t.name == name)
+
+
+def _n_no_linear_layer(d: Path) -> Path:
+    """Conv -> Relu -> GlobalAveragePool -> Flatten is the output: 4 scores, no Gemm or MatMul anywhere."""
+    model = conv_classifier(out_channels=4, classes=4)
+    model.graph.node.remove(_gemm(model))
+    model.graph.node[-1].output[0] = "logits"
+    return save(model, d / "m.onnx")
+
+
+def _n_after_the_gemm(op: str, value: np.ndarray) -> Callable[[Path], Path]:
+    """The Gemm's output goes through ``op`` with a constant ``value`` (node 'calibrate') to the scores."""
+
+    def build(d: Path) -> Path:
+        model = conv_classifier(out_channels=4, classes=4)
+        _gemm(model).output[0] = "raw"
+        model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), "calibration"))
+        model.graph.node.append(helper.make_node(op, ["raw", "calibration"], ["logits"], name="calibrate"))
+        return save(model, d / "m.onnx")
+
+    return build
+
+
+def _n_gemm_input_computed(position: int) -> Callable[[Path], Path]:
+    """The Gemm's weight (1) or bias (2) is the output of an Add node ('doubled'), not a stored constant."""
+
+    def build(d: Path) -> Path:
+        model = conv_classifier(out_channels=4, classes=4)
+        gemm = _gemm(model)
+        stored = gemm.input[position]
+        gemm.input[position] = f"{stored}_doubled"
+        model.graph.node.insert(0, helper.make_node("Add", [stored, stored], [f"{stored}_doubled"], name="doubled"))
+        return save(model, d / "m.onnx")
+
+    return build
+
+
+def _n_gemm_trans_a(d: Path) -> Path:
+    """The features are transposed to one image per column and the Gemm has transA=1."""
+    model = conv_classifier(out_channels=4, classes=4)
+    gemm = _gemm(model)
+    gemm.input[0] = "flat_t"
+    gemm.attribute.append(helper.make_attribute("transA", 1))
+    index = list(model.graph.node).index(gemm)
+    model.graph.node.insert(index, helper.make_node("Transpose", ["flat"], ["flat_t"], perm=[1, 0]))
+    return save(model, d / "m.onnx")
+
+
+def _n_gemm_weight(value: float) -> Callable[[Path], Path]:
+    def build(d: Path) -> Path:
+        model = conv_classifier(out_channels=4, classes=4)
+        fc = _initializer(model, "fc")
+        array = numpy_helper.to_array(fc).copy()
+        array[2, 1] = value
+        fc.CopyFrom(numpy_helper.from_array(array, "fc"))
+        return save(model, d / "m.onnx")
+
+    return build
+
+
+def _n_gemm_bias_per_image(d: Path) -> Path:
+    """A fixed batch of 12 with a (12, 4) Gemm bias: valid ONNX, but the bias is not one value per class."""
+    model = conv_classifier(out_channels=4, classes=4, batch=12)
+    bias = _initializer(model, "fc_b")
+    bias.CopyFrom(numpy_helper.from_array(np.zeros((12, 4), np.float32), "fc_b"))
+    return save(model, d / "m.onnx")
+
+
+def _n_per_pixel_matmul(d: Path, name: str = "m.onnx") -> Path:
+    """A MatMul ('mix') applied to every pixel of the NHWC activations, before the pooling and the Gemm."""
+    model = conv_classifier(out_channels=4, classes=4)
+    pool = next(n for n in model.graph.node if n.op_type == "GlobalAveragePool")
+    pool.input[0] = "mixed"
+    index = list(model.graph.node).index(pool)
+    model.graph.initializer.append(numpy_helper.from_array(np.eye(4, dtype=np.float32), "mix_w"))
+    nodes = list(model.graph.node)
+    nodes[index:index] = [
+        helper.make_node("Transpose", ["relu"], ["nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["nhwc", "mix_w"], ["mixed_nhwc"], name="mix"),
+        helper.make_node("Transpose", ["mixed_nhwc"], ["mixed"], perm=[0, 3, 1, 2]),
+    ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return save(model, d / name)
+
+
+#: ``inspect`` model cases whose expected message differs for ``neurons``; None: not a bad input for ``neurons``.
+NEURONS_MODEL_MESSAGES: dict[str, str | None] = {
+    "no-conv": None,  # a 3-class model against 4-class data; 'no-linear-layer' below is its neurons twin
+    "weight-computed": None,  # the first Conv's weight does not matter to neurons: the run succeeds
+    "nan-weights": "the features 'flat' of layer 'fc' are NaN or infinite on 12 of 12 images",
+    "inf-weights": "the features 'flat' of layer 'fc' are NaN or infinite on 12 of 12 images",
+    "zero-channel-conv": "onnxruntime cannot load the model",
+    "unsupported-op": "comes from Add node 'logits', not from a final linear layer",
+    "weight-bad-reshape": "onnxruntime cannot load the model",  # neurons never folds the Conv's weight
+}
+
+NEURONS_MODEL_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
+    (name, build, NEURONS_MODEL_MESSAGES.get(name, message))  # type: ignore[misc]
+    for name, build, message in MODEL_CASES
+    if NEURONS_MODEL_MESSAGES.get(name, message) is not None
+] + [
+    ("no-linear-layer", _n_no_linear_layer, "comes from GlobalAveragePool node 'pool', not from a final linear"),
+    ("per-class-mul", _n_after_the_gemm("Mul", np.array([1.0, -1.0, 2.0, 1.0])), "from Mul node 'calibrate'"),
+    ("negative-temperature", _n_after_the_gemm("Mul", np.array(-2.0)), "from Mul node 'calibrate'"),
+    ("per-class-add", _n_after_the_gemm("Add", np.array([0.0, 1.0, 2.0, 3.0])), "from Add node 'calibrate'"),
+    ("gemm-weight-computed", _n_gemm_input_computed(1), "weight of Gemm node 'fc' is not a constant (it is computed"),
+    ("gemm-bias-computed", _n_gemm_input_computed(2), "bias of Gemm node 'fc' is not a constant (it is computed"),
+    ("gemm-trans-a", _n_gemm_trans_a, "Gemm node 'fc' has transA=1"),
+    ("gemm-nan-weight", _n_gemm_weight(float("nan")), "the weights of Gemm node 'fc' contain NaN or Inf"),
+    ("gemm-inf-weight", _n_gemm_weight(float("-inf")), "the weights of Gemm node 'fc' contain NaN or Inf"),
+    ("gemm-bias-per-image", _n_gemm_bias_per_image, "the bias of Gemm node 'fc' has shape [12, 4]"),
+    ("gemm-weight-bad-reshape", _m_bad_reshape("fc"), "Reshape node 'fold' cannot be applied to its constant"),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"), [c[1:] for c in NEURONS_MODEL_CASES], ids=[c[0] for c in NEURONS_MODEL_CASES]
+)
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a numpy warning would be a second stderr line
+def test_bad_model_neurons(capsys: pytest.CaptureFixture[str], tmp_path: Path, build, message: str) -> None:
+    data = random_npz(tmp_path / "data.npz", n=12)
+    model = build(tmp_path)
+    before = _snapshot(tmp_path)
+    code, err = _neurons(capsys, model, data, "--json", str(tmp_path / REPORT))
+    assert code == 2, err
+    assert message in _one_line_error(err), err
+    assert _snapshot(tmp_path) == before
+    assert not _marker(tmp_path).exists(), "a pickle was unpickled"
+
+
+def test_neurons_runs_where_inspect_refuses_the_first_conv(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Control for the skipped 'weight-computed' case: the first Conv's weight is not the neurons' business."""
+    data = random_npz(tmp_path / "data.npz", n=12)
+    model = _model(tmp_path, weight_as="computed")
+    code, err = _neurons(capsys, model, data, "--no-attack", "-q")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(("build", "message"), [c[1:] for c in DATA_CASES], ids=[c[0] for c in DATA_CASES])
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a numpy warning would be a second stderr line
+def test_bad_data_neurons(capsys: pytest.CaptureFixture[str], tmp_path: Path, build, message: str) -> None:
+    model = _model(tmp_path)
+    data = build(tmp_path)
+    before = _snapshot(tmp_path)
+    code, err = _neurons(capsys, model, data, "--json", str(tmp_path / REPORT))
+    assert code == 2, err
+    assert message in _one_line_error(err), err
+    assert _snapshot(tmp_path) == before
+    assert not _marker(tmp_path).exists()
+
+
+#: ``inspect`` option cases that differ for ``neurons``; None: the option does not exist there.
+NEURONS_OPTION_MESSAGES: dict[str, str | None] = {
+    "eps-negative": "--eps must be a positive number, not -0.1",
+    "eps-nan": "--eps must be a positive number, not nan",
+    "eps-abc": "Invalid value for '--eps'",
+    "drop-foo": None,
+    "bootstrap-negative": None,
+    "min-accuracy-2": None,
+}
+
+NEURONS_OPTION_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
+    (name, build, NEURONS_OPTION_MESSAGES.get(name, message))  # type: ignore[misc]
+    for name, build, message in OPTION_CASES
+    if NEURONS_OPTION_MESSAGES.get(name, message) is not None
+] + [
+    ("layer-is-a-conv", lambda d: ["--layer", "first_conv"], "--layer 'first_conv' is a Conv node; choose a Gemm"),
+    ("layer-is-a-relu", lambda d: ["--layer", "relu"], "--layer 'relu' is a Relu node; choose a Gemm"),
+    ("layer-per-pixel-matmul", lambda d: ["--layer", "mix"], "holds 256 values per image but layer 'mix' has 4"),
+    ("k-0", lambda d: ["--k", "0"], "--k must be positive integers, not '0'"),
+    ("k-negative", lambda d: ["--k", "1,-4"], "--k must be positive integers, not '1,-4'"),
+    ("k-fraction", lambda d: ["--k", "1.5"], "--k must be integers separated by commas, not '1.5'"),
+    ("k-abc", lambda d: ["--k", "abc"], "--k must be integers separated by commas, not 'abc'"),
+    ("k-empty", lambda d: ["--k", ","], "--k needs positive neuron counts, not []"),
+    ("eps-0", lambda d: ["--eps", "0"], "--eps must be a positive number, not 0.0"),
+    ("eps-inf", lambda d: ["--eps", "inf"], "--eps must be a positive number, not inf"),
+    ("steps-0", lambda d: ["--steps", "0"], "--steps must be at least 1, not 0"),
+    ("steps-negative", lambda d: ["--steps", "-5"], "--steps must be at least 1, not -5"),
+    ("steps-abc", lambda d: ["--steps", "abc"], "Invalid value for '--steps'"),
+    ("step-size-0", lambda d: ["--step-size", "0"], "--step-size must be a positive number, not 0.0"),
+    ("step-size-negative", lambda d: ["--step-size", "-0.1"], "--step-size must be a positive number, not -0.1"),
+    ("step-size-nan", lambda d: ["--step-size", "nan"], "--step-size must be a positive number, not nan"),
+    ("lam-negative", lambda d: ["--lam", "-1"], "--lam must be 0 or more, not -1.0"),
+    ("lam-nan", lambda d: ["--lam", "nan"], "--lam must be 0 or more, not nan"),
+    ("lam-inf", lambda d: ["--lam", "inf"], "--lam must be 0 or more, not inf"),
+    ("norm-l1", lambda d: ["--norm", "l1"], "--norm must be linf or l2, not 'l1'"),
+    ("top-0", lambda d: ["--top", "0"], "--top must be positive, not 0"),
+    ("top-negative", lambda d: ["--top", "-2"], "--top must be positive, not -2"),
+    ("html-is-a-folder", lambda d: ["--html", str(d)], "is a folder; give a file path"),
+    ("html-exists", lambda d: ["--html", str(_existing(d / "r.html"))], "already exists; pass --force"),
+    ("html-is-the-json", lambda d: ["--html", str(d / REPORT)], "is also another output of this command"),
+    ("html-in-missing-folder", lambda d: ["--html", str(d / "missing" / "r.html")], "does not exist"),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"), [c[1:] for c in NEURONS_OPTION_CASES], ids=[c[0] for c in NEURONS_OPTION_CASES]
+)
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a numpy warning would be a second stderr line
+def test_bad_option_neurons(capsys: pytest.CaptureFixture[str], tmp_path: Path, build, message: str) -> None:
+    model = _n_per_pixel_matmul(tmp_path, "model.onnx")  # the builders' model plus a MatMul before the pooling
+    data = random_npz(tmp_path / "data.npz", n=12)
+    args = build(tmp_path)
+    if "--json" not in args:
+        args += ["--json", str(tmp_path / REPORT)]
+    before = _snapshot(tmp_path)
+    code, err = _neurons(capsys, model, data, *args)
+    assert code == 2, err
+    assert message in _one_line_error(err), err
+    assert _snapshot(tmp_path) == before
+
+
+def test_neurons_option_control(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The model of the option cases is fine for neurons: it is the options that are refused."""
+    model = _n_per_pixel_matmul(tmp_path, "model.onnx")
+    data = random_npz(tmp_path / "data.npz", n=12)
+    code, err = _neurons(capsys, model, data, "-q")
+    assert code == 0, err
 
 
 # ---------------------------------------------------------------------------------- Ctrl-C, determinism

@@ -73,6 +73,8 @@ def find_conv(proto: onnx.ModelProto, image_input: str, layer: str | None = None
     earlier in a topological sort. Raises :class:`ModelError` for a model without a convolution fed by the
     image, and for a weight computed at run time.
     """
+    if layer == "":  # unnamed nodes have the name "": an empty --layer would pick the first of them
+        raise UsageError("--layer needs a node name or output name, not an empty string")
     index = GraphIndex.build(proto.graph)
     distances = index.distances_from(image_input)
     if layer is not None:

@@ -154,26 +154,41 @@ def constant_value(index: GraphIndex, tensor: str, _depth: int = 0) -> tuple[np.
         raise NotConstant(tensor, f"it is computed at run time by {node.op_type} node {node_label(node)!r}")
     value, inner = constant_value(index, node.input[0], _depth + 1)
     dq_node = inner.dequantize_node
-    if node.op_type == "Cast":
-        value = value.astype(onnx.helper.tensor_dtype_to_np_dtype(int(attribute(node, "to"))))
-    elif node.op_type == "DequantizeLinear":
-        value = dequantize(index, node, value)
+    try:
+        value = _fold(index, node, value, _depth)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        # A malformed node (a Reshape to a shape of another size, a Squeeze of an axis that is not 1, a Cast
+        # to an unknown type): onnxruntime would refuse it too; say which node instead of crashing.
+        raise ModelError(
+            f"{node.op_type} node {node_label(node)!r} cannot be applied to its constant input of shape "
+            f"{list(np.shape(value))} ({exc}); the model is malformed"
+        ) from None
+    if node.op_type == "DequantizeLinear":
         dq_node = node_label(node)
-    elif node.op_type == "Reshape":
-        shape = [int(d) for d in constant_value(index, node.input[1], _depth + 1)[0].reshape(-1)]
+    source = ConstantSource(inner.stored_name, inner.kind, (node.op_type, *inner.chain), dq_node)
+    return value, source
+
+
+def _fold(index: GraphIndex, node: onnx.NodeProto, value: np.ndarray, depth: int) -> np.ndarray:
+    """``node`` (one of :data:`_FOLDABLE`) applied to the constant ``value`` of its data input."""
+    if node.op_type == "Cast":
+        return value.astype(onnx.helper.tensor_dtype_to_np_dtype(int(attribute(node, "to"))))
+    if node.op_type == "DequantizeLinear":
+        return dequantize(index, node, value)
+    if node.op_type == "Reshape":
+        shape = [int(d) for d in constant_value(index, node.input[1], depth + 1)[0].reshape(-1)]
         shape = [value.shape[i] if d == 0 and not attribute(node, "allowzero", 0) else d for i, d in enumerate(shape)]
-        value = value.reshape(shape)
-    elif node.op_type in ("Unsqueeze", "Squeeze"):
+        return value.reshape(shape)
+    if node.op_type in ("Unsqueeze", "Squeeze"):
         axes = attribute(node, "axes")
         if axes is None and len(node.input) > 1 and node.input[1]:
-            axes = constant_value(index, node.input[1], _depth + 1)[0].reshape(-1).tolist()
+            axes = constant_value(index, node.input[1], depth + 1)[0].reshape(-1).tolist()
         if node.op_type == "Unsqueeze":
             for axis in sorted(int(a) % (value.ndim + len(axes)) for a in axes):
                 value = np.expand_dims(value, axis)
-        else:
-            value = np.squeeze(value, axis=None if axes is None else tuple(int(a) for a in axes))
-    source = ConstantSource(inner.stored_name, inner.kind, (node.op_type, *inner.chain), dq_node)
-    return value, source
+            return value
+        return np.squeeze(value, axis=None if axes is None else tuple(int(a) for a in axes))
+    return value  # Identity
 
 
 def _constant_node_value(node: onnx.NodeProto) -> np.ndarray:

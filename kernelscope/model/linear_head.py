@@ -70,6 +70,8 @@ def find_linear_head(proto: onnx.ModelProto, output: str, layer: str | None = No
     Raises :class:`ModelError` when no such layer produces the output (naming the op where the walk stopped)
     or when its weight is not a constant, and :class:`UsageError` for a ``layer`` that is not a linear layer.
     """
+    if layer == "":  # unnamed nodes have the name "": an empty --layer would pick the first of them
+        raise UsageError("--layer needs a node name or output name, not an empty string")
     index = GraphIndex.build(proto.graph)
     walked, after = _walk_back(index, output)
     if layer is None:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from kernelscope import __version__
+from kernelscope.attacks.pgd import NORMS
 from kernelscope.audit import DataSummary, InspectConfig, ModelSummary, load_model_and_data
 from kernelscope.data.preprocessing import PreparedData, Preprocessing
 from kernelscope.errors import ModelError, UsageError
@@ -165,6 +166,7 @@ def analyse_neurons(
     )
     scores, features, layer_out = _read(deployed, data, config.inspect.batch_size, progress)
     timings["read_features"] = time.perf_counter() - clock
+    _check_finite(head, features, scores, inputs.output.name)
     if features.shape[1] != head.features:
         raise ModelError(
             f"the feature tensor {head.feature_tensor!r} holds {features.shape[1]} values per image but layer "
@@ -253,6 +255,13 @@ def _check_config(config: NeuronsConfig) -> None:
         raise UsageError(f"--lam must be 0 or more, not {s.lam}")
     if not s.ks or any(k < 1 for k in s.ks):
         raise UsageError(f"--k needs positive neuron counts, not {list(s.ks)}")
+    # The command's own option names first; PgdSettings.check() then guards what they do not cover.
+    if s.pgd.norm not in NORMS:
+        raise UsageError(f"--norm must be linf or l2, not {s.pgd.norm!r}")
+    if s.pgd.steps < 1:
+        raise UsageError(f"--steps must be at least 1, not {s.pgd.steps}")
+    if s.pgd.step_size is not None and not (np.isfinite(s.pgd.step_size) and s.pgd.step_size > 0):
+        raise UsageError(f"--step-size must be a positive number, not {s.pgd.step_size}")
     s.pgd.check()
     if s.pgd.restarts != 1:
         raise UsageError("the neuron attacks run one PGD per (image, neuron): restarts are not offered")
@@ -262,6 +271,20 @@ def _check_config(config: NeuronsConfig) -> None:
         raise UsageError(f"--limit must be a positive number of images, not {config.inspect.limit}")
     if config.inspect.atol is not None and not config.inspect.atol > 0:
         raise UsageError(f"--atol must be positive, not {config.inspect.atol}")
+
+
+def _check_finite(head: LinearHead, features: np.ndarray, scores: np.ndarray, output: str) -> None:
+    """Refuse NaN or infinite features or scores: no Δ, ranking or weight check means anything with them."""
+    for values, what in (
+        (features, f"the features {head.feature_tensor!r} of layer {head.name!r}"),
+        (scores, f"the scores of output {output!r}"),
+    ):
+        bad = int(np.count_nonzero(~np.isfinite(values).all(axis=1))) if values.size else 0
+        if bad:
+            raise ModelError(
+                f"{what} are NaN or infinite on {bad} of {len(values)} images; the model does not compute finite "
+                "values on this data (check its weights and the preprocessing)"
+            )
 
 
 def _read(
