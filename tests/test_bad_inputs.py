@@ -523,6 +523,7 @@ OPTION_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("layer-empty", lambda d: ["--layer", ""], "--layer needs a node name or output name, not an empty string"),
     ("output-missing", lambda d: ["--output", "nope"], "no output named 'nope'"),
     ("min-accuracy-2", lambda d: ["--min-accuracy", "2"], "--min-accuracy is a fraction"),
+    ("plots-is-the-json", lambda d: ["--plots", str(d / REPORT), "--json", str(d / REPORT)], "is also a file of"),
     ("unknown-option", lambda d: ["--frobnicate"], "No such option"),
 ]
 
@@ -768,6 +769,14 @@ def test_bad_data_neurons(capsys: pytest.CaptureFixture[str], tmp_path: Path, bu
     assert not _marker(tmp_path).exists()
 
 
+def _figure_in(d: Path) -> list[str]:
+    """A --plots folder that already holds the neurons success figure (and an inspect figure, which is fine)."""
+    (d / "figures").mkdir()
+    _existing(d / "figures" / "fig1_kernel_accuracy.png")
+    _existing(d / "figures" / "neurons_success_vs_k.png")
+    return ["--plots", str(d / "figures")]
+
+
 #: ``inspect`` option cases that differ for ``neurons``; None: the option does not exist there.
 NEURONS_OPTION_MESSAGES: dict[str, str | None] = {
     "eps-negative": "--eps must be a positive number, not -0.1",
@@ -809,6 +818,9 @@ NEURONS_OPTION_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("html-exists", lambda d: ["--html", str(_existing(d / "r.html"))], "already exists; pass --force"),
     ("html-is-the-json", lambda d: ["--html", str(d / REPORT)], "is also another output of this command"),
     ("html-in-missing-folder", lambda d: ["--html", str(d / "missing" / "r.html")], "does not exist"),
+    ("plots-is-a-file", lambda d: ["--plots", str(_existing(d / "figures.png"))], "is a file; give a folder"),
+    ("plots-figure-exists", _figure_in, "neurons_success_vs_k.png already exists; pass --force to overwrite it"),
+    ("plots-is-the-html", lambda d: ["--plots", str(d / "r.html"), "--html", str(d / "r.html")], "also a file"),
 ]
 
 

@@ -419,3 +419,53 @@ def test_neurons_usage_errors(capsys, tmp_path, args, message):
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_neurons_plots_folder(capsys, tmp_path):
+    """--plots writes the page's two figures as PNG files PIL opens, with the documented names, and nothing else."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from kernelscope.report import neurons_page
+
+    model = save(conv_classifier(out_channels=5, seed=4), tmp_path / "m.onnx")
+    data = random_npz(tmp_path / "d.npz", n=16)
+    folder, report = tmp_path / "figs" / "neurons", tmp_path / "r.json"  # the folder and its parent are created
+    args = ["neurons", model, "-d", data, "--steps", "2", "--k", "1,2", "--plots", folder, "--json", report]
+    assert main([str(a) for a in args]) == 0, capsys.readouterr().err
+    assert "wrote 2 figure(s) to" in capsys.readouterr().err
+    names = ["neurons_sensitivity.png", "neurons_success_vs_k.png"]
+    assert list(neurons_page.FIGURE_FILES.values()) == names
+    assert sorted(p.name for p in folder.iterdir()) == names  # no temporary file left
+    for name in names:
+        with Image.open(folder / name) as image:
+            assert image.format == "PNG" and image.width > 600 and image.height > 300
+            image.verify()
+    # The files are the figures of the report: redrawn from the saved JSON, byte for byte.
+    again = neurons_page.save_figures(json.loads(report.read_text()), tmp_path / "again")
+    assert [p.name for p in again] == names
+    assert all((folder / p.name).read_bytes() == p.read_bytes() for p in again)
+    # Existing figures need --force, checked before any work; --no-attack has only the sensitivity bars.
+    args = ["neurons", model, "-d", data, "--no-attack", "--plots", folder]
+    assert main([str(a) for a in args]) == 2
+    assert "neurons_sensitivity.png already exists; pass --force" in capsys.readouterr().err
+    other = tmp_path / "no-attack"
+    assert main([str(a) for a in [*args[:-1], other]]) == 0
+    assert "(no data for neurons_success_vs_k.png)" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == names[:1]
+
+
+def test_neurons_missing_matplotlib_fails_before_the_analysis(capsys, tmp_path, monkeypatch):
+    import sys
+
+    import kernelscope.neurons.analysis
+
+    model = save(conv_classifier(out_channels=3, seed=2), tmp_path / "m.onnx")
+    data = random_npz(tmp_path / "d.npz", n=10)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    monkeypatch.setattr(kernelscope.neurons.analysis, "analyse_neurons", lambda *a, **k: pytest.fail("it ran"))
+    code = main([str(a) for a in ["neurons", model, "-d", data, "--plots", tmp_path / "figs"]])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and 'pip install "kernelscope[plots]"' in err
+    assert not (tmp_path / "figs").exists()

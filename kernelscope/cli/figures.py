@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from kernelscope.errors import UsageError
 from kernelscope.io import atomic_write_text, check_output_path
+
+
+def figure_files(command: str) -> dict[str, str]:
+    """The PNG file names ``--plots`` writes for ``command``, by figure name."""
+    if command == "neurons":
+        from kernelscope.report.neurons_page import FIGURE_FILES as NEURONS_FILES
+
+        return dict(NEURONS_FILES)
+    from kernelscope.report.plots import FIGURE_FILES
+
+    return dict(FIGURE_FILES)
 
 
 def check_figure_outputs(
@@ -18,8 +29,12 @@ def check_figure_outputs(
     force: bool,
     inputs: tuple[Path, ...],
     other_outputs: tuple[Path | None, ...] = (),
+    command: str = "inspect",
 ) -> None:
-    """Fail fast, before any long work: matplotlib present, the HTML path writable, the plots folder usable."""
+    """Fail fast, before any long work: matplotlib present, the HTML path writable, the plots folder usable.
+
+    ``command`` decides which figure files an existing ``--plots`` folder must not hold (without ``force``).
+    """
     if html is None and plots is None:
         return
     from kernelscope.report.plots import check_plots_dir, require_matplotlib
@@ -31,17 +46,23 @@ def check_figure_outputs(
             if other is not None and os.path.abspath(other) == os.path.abspath(html):
                 raise UsageError(f"--html {html} is also another output of this command; give it its own file")
     if plots is not None:
-        check_plots_dir(plots, force=force)
+        for other in (*other_outputs, html, *inputs):
+            if other is not None and os.path.abspath(other) == os.path.abspath(plots):
+                raise UsageError(f"--plots {plots} is also a file of this command; give the figures their own folder")
+        check_plots_dir(plots, force=force, names=figure_files(command).values())
 
 
 def write_figure_outputs(
     report: Mapping[str, Any], html: Path | None, plots: Path | None, *, quiet: bool = False
 ) -> list[Path]:
-    """Write the HTML page and the PNG figures of a JSON report document; say what was written unless ``quiet``."""
+    """Write the HTML page and the PNG figures of a JSON report document; say what was written unless ``quiet``.
+
+    The figures are those of the report's command: the paper's three for ``inspect`` and ``harden``
+    (:mod:`kernelscope.report.plots`), the two of the ``neurons`` page (:mod:`kernelscope.report.neurons_page`).
+    """
     written: list[Path] = []
     if html is None and plots is None:
         return written
-    from kernelscope.report import plots as figures
     from kernelscope.report.html import report_page
 
     if html is not None:
@@ -50,13 +71,26 @@ def write_figure_outputs(
         if not quiet:
             _note(f"wrote {html}")
     if plots is not None:
-        paths = figures.save_figures(report, plots)
+        save, available = _figure_writers(report)
+        files = figure_files(str(report.get("command") or ""))
+        paths = save(report, plots)
         written += paths
         if not quiet:
-            missing = [name for name in figures.FIGURE_FILES if name not in figures.available_figures(report)]
-            extra = f" (no data for {', '.join(figures.FIGURE_FILES[m] for m in missing)})" if missing else ""
+            missing = [name for name in files if name not in available(report)]
+            extra = f" (no data for {', '.join(files[m] for m in missing)})" if missing else ""
             _note(f"wrote {len(paths)} figure(s) to {plots}{extra}")
     return written
+
+
+def _figure_writers(
+    report: Mapping[str, Any],
+) -> tuple[Callable[[Mapping[str, Any], Path], list[Path]], Callable[[Mapping[str, Any]], list[str]]]:
+    """(save_figures, available_figures) of the module that draws the report's command's figures."""
+    if report.get("command") == "neurons":
+        from kernelscope.report import neurons_page as module
+    else:
+        from kernelscope.report import plots as module  # type: ignore[no-redef]
+    return module.save_figures, module.available_figures
 
 
 def _note(text: str) -> None:

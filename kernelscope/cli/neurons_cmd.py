@@ -74,6 +74,15 @@ def neurons_command(
             rich_help_panel=opt.OUTPUT,
         ),
     ] = None,
+    plots_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--plots",
+            help="Write the two figures of the HTML report as PNG files into this folder (created if needed): "
+            "neurons_sensitivity.png, neurons_success_vs_k.png (not with --no-attack); needs matplotlib.",
+            rich_help_panel=opt.OUTPUT,
+        ),
+    ] = None,
     force: opt.ForceOption = False,
     quiet: opt.QuietOption = False,
 ) -> None:
@@ -90,7 +99,9 @@ def neurons_command(
     ks = opt.parse_ints(k, "--k")
     if json_path is not None:
         check_output_path(json_path, force=force, inputs=(model,))
-    check_figure_outputs(html_path, None, force=force, inputs=(model,), other_outputs=(json_path,))
+    check_figure_outputs(
+        html_path, plots_dir, force=force, inputs=(model,), other_outputs=(json_path,), command="neurons"
+    )
     inspect = opt.inspect_config(
         data=data, data_dir=data_dir, split=split, download=download, output=output, input_shape=input_shape,
         limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean, std=std, layout=layout, size=size,
@@ -106,9 +117,9 @@ def neurons_command(
     config = NeuronsConfig(inspect=inspect, layer=layer, attack=not no_attack, settings=settings)
     report = analyse_neurons(model, config, progress=progress_for(quiet))
     render_neurons(console(), report, top=top, quiet=quiet)
-    doc = neurons_to_dict(report, inspect) if (json_path, html_path) != (None, None) else {}
+    doc = neurons_to_dict(report, inspect) if (json_path, html_path, plots_dir) != (None, None, None) else {}
     if json_path is not None:
         atomic_write_text(json_path, dumps(doc))
         if not quiet:
             error_console().print(f"[dim]wrote {json_path}[/dim]")
-    write_figure_outputs(doc, html_path, None, quiet=quiet)
+    write_figure_outputs(doc, html_path, plots_dir, quiet=quiet)

@@ -6,6 +6,8 @@
   untargeted PGD rate as a line (Suri & Evans' comparison), 95 % Wilson intervals.
 - :func:`neurons_page(report) <neurons_page>`: the page (summary, verdict, both figures, the tables), built
   with the blocks of :mod:`kernelscope.report.html`.
+- :func:`save_figures(report, directory) <save_figures>`: both figures as PNG files named as in
+  :data:`FIGURE_FILES` (``neurons --plots DIR``); :func:`available_figures` says which the report has data for.
 
 Like the other pages, it can be rebuilt from a saved ``--json`` file (``report_page`` dispatches on
 ``command``).
@@ -13,9 +15,12 @@ Like the other pages, it can be rebuilt from a saved ``--json`` file (``report_p
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kernelscope.io import atomic_write_bytes
 from kernelscope.report import plots
 from kernelscope.report.html import (
     Block,
@@ -36,6 +41,12 @@ Report = Mapping[str, Any]
 
 HIGHLIGHT = plots.FRAGILE_COLOR
 OTHER = plots.NULL_COLOR
+
+#: File names of the figures written by :func:`save_figures` (and ``neurons --plots DIR``), by figure name.
+FIGURE_FILES: dict[str, str] = {
+    "sensitivity": "neurons_sensitivity.png",
+    "success": "neurons_success_vs_k.png",
+}
 
 
 def _g(value: float | None, digits: int = 3) -> str:
@@ -128,6 +139,36 @@ def success_figure(report: Report) -> Figure:
         color="#444444",
     )
     return fig
+
+
+def available_figures(report: Report) -> list[str]:
+    """Names (keys of :data:`FIGURE_FILES`) of the figures the report has data for, in page order."""
+    neurons = report.get("neurons") or {}
+    names = []
+    if neurons.get("sensitivity"):  # drawn as on the page, even when every median is ∞ (the title says so)
+        names.append("sensitivity")
+    if neurons.get("single_neuron_attack") and neurons.get("pgd"):
+        names.append("success")
+    return names
+
+
+_DRAW = {"sensitivity": sensitivity_figure, "success": success_figure}
+
+
+def save_figures(report: Report, directory: str | os.PathLike[str], *, dpi: int = plots.DPI) -> list[Path]:
+    """Write every figure the report has data for as PNG into ``directory`` (created if needed).
+
+    File names are those of :data:`FIGURE_FILES`; each file is written atomically (a temporary file renamed
+    into place). Returns the paths written, in page order (only the sensitivity bars for ``--no-attack``).
+    """
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in available_figures(report):
+        path = target / FIGURE_FILES[name]
+        atomic_write_bytes(path, plots.figure_png(_DRAW[name](report), dpi=dpi))
+        written.append(path)
+    return written
 
 
 def _summary(report: Report) -> list[Block]:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -452,13 +452,17 @@ def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
     return buffer.getvalue()
 
 
-def check_plots_dir(directory: str | os.PathLike[str], *, force: bool) -> Path:
-    """Validate a ``--plots`` folder before any work: not a file, and no figure in it unless ``force``."""
+def check_plots_dir(directory: str | os.PathLike[str], *, force: bool, names: Iterable[str] | None = None) -> Path:
+    """Validate a ``--plots`` folder before any work: not a file, and no figure in it unless ``force``.
+
+    ``names``: the file names the command would write (default: the values of :data:`FIGURE_FILES`).
+    """
     target = Path(directory)
     if target.exists() and not target.is_dir():
         raise UsageError(f"--plots {target} is a file; give a folder (it is created if needed)")
     if target.is_dir() and not force:
-        existing = [name for name in FIGURE_FILES.values() if (target / name).exists()]
+        files = FIGURE_FILES.values() if names is None else names
+        existing = [name for name in files if (target / name).exists()]
         if existing:
             raise UsageError(f"{target / existing[0]} already exists; pass --force to overwrite it")
     return target
