@@ -5,8 +5,8 @@ that the folder is byte-for-byte what it was before the run: no report, no harde
 and no input file touched. The model, data and option corpora run through ``inspect`` and ``neurons`` (with
 ``neurons``' own messages where it looks at the final linear layer instead of the first Conv, and its own
 cases: no linear layer, a layer that is not Gemm/MatMul, weights computed at run time, attack options).
-Also here: pickles are never unpickled, Ctrl-C leaves nothing behind, and ``inspect`` is deterministic for a
-given ``--seed``.
+Also here: pickles are never unpickled, Ctrl-C leaves nothing behind, and ``inspect`` and ``neurons`` are
+deterministic for a given ``--seed``.
 """
 
 from __future__ import annotations
@@ -918,6 +918,38 @@ def test_same_seed_same_json_with_the_attack(capsys: pytest.CaptureFixture[str],
         doc.pop("timings")
         texts.append(dumps(doc))  # the writer's own serialization: byte-for-byte comparable
     assert texts[0] == texts[1]
+
+
+def test_neurons_same_seed_same_json_with_the_attacks(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Byte-identical ``neurons`` JSON (less ``timings``) for the same --seed, random starts included; the
+    random starts of both attacks are drawn from --seed, as for ``inspect --attack pgd``."""
+    from kernelscope.neurons import attack
+
+    seeds: list[int] = []
+    original = attack.pgd
+
+    def recording(*args, **kwargs):
+        seeds.append(kwargs["generator"].bit_generator.seed_seq.entropy)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(attack, "pgd", recording)
+    model = save(conv_classifier(out_channels=6, classes=4, seed=3), tmp_path / "m.onnx")
+    data = random_npz(tmp_path / "data.npz", n=40)
+    texts = []
+    for name in ("a.json", "b.json"):
+        code = main(
+            ["neurons", str(model), "--data", str(data), "--limit", "30", "--seed", "7", "--steps", "3",
+             "--k", "1,2", "--random-start", "--json", str(tmp_path / name), "-q"]
+        )  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        doc = json.loads((tmp_path / name).read_text())
+        assert doc["neurons"]["single_neuron_attack"]["attacks"] > 0 and doc["neurons"]["pgd"]["images"] == 30
+        doc.pop("timings")
+        texts.append(dumps(doc))  # the writer's own serialization: byte-for-byte comparable
+    assert texts[0] == texts[1]
+    assert seeds and set(seeds) == {7}
 
 
 def test_onnxruntime_errors_are_not_printed_twice(tmp_path: Path) -> None:

@@ -210,12 +210,12 @@ def analyse_neurons(
         bounds = config.inspect.bounds
         single = single_neuron_attack(
             twin, deployed, data, sensitivity, features, clean, settings, bounds=bounds,
-            batch_size=config.inspect.batch_size, progress=progress,
+            batch_size=config.inspect.batch_size, seed=config.inspect.seed, progress=progress,
         )  # fmt: skip
         timings["single_neuron_attack"] = single.seconds
         comparison = pgd_comparison(
             twin, deployed, data, clean, settings, bounds=bounds, batch_size=config.inspect.batch_size,
-            progress=progress,
+            seed=config.inspect.seed, progress=progress,
         )  # fmt: skip
         timings["pgd"] = comparison.seconds
 

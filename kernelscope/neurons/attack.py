@@ -129,6 +129,7 @@ def single_neuron_attack(
     *,
     bounds: tuple[float, float] = (0.0, 1.0),
     batch_size: int = 128,
+    seed: int = 0,
     progress: Progress = NO_PROGRESS,
 ) -> SingleNeuronResult:
     """Attack the first max(k) ranked neurons of every image, one neuron at a time (see the module docstring).
@@ -137,7 +138,8 @@ def single_neuron_attack(
     groups the k values delimit (1; 2-4; 5-8; 9-16 by default), each group's (image, neuron) pairs together in
     batches of ``batch_size``; an image already fooled by an earlier group is not attacked again. That changes
     no success rate at any k and saves most of the work when the first neurons succeed.
-    ``features`` and ``clean_predictions`` are the deployed model's.
+    ``features`` and ``clean_predictions`` are the deployed model's; ``seed`` draws the random starts (with
+    ``random_start``), as ``--seed`` does for ``inspect --attack pgd``.
     """
     started = time.perf_counter()
     n, width = len(data), sensitivity.ranking.shape[1]
@@ -145,7 +147,7 @@ def single_neuron_attack(
     groups = list(zip([0, *bounds_k[:-1]], bounds_k, strict=True))
     fooled_at = np.full(n, -1)  # rank (0-based) of the first successful attack on each image, -1: none
     attacks = skipped = moved = 0
-    generator = np.random.default_rng(0)
+    generator = np.random.default_rng(seed)
     label = f"Single-neuron attack, {bounds_k[-1]} ranked neurons on {n} images"
     with progress.task(label, total=n * bounds_k[-1]) as task:
         offset = 0
@@ -232,13 +234,17 @@ def pgd_comparison(
     *,
     bounds: tuple[float, float] = (0.0, 1.0),
     batch_size: int = 128,
+    seed: int = 0,
     progress: Progress = NO_PROGRESS,
 ) -> PgdComparison:
-    """Untargeted PGD on the cross-entropy against the clean prediction, same norm, ε, steps and step size."""
+    """Untargeted PGD on the cross-entropy against the clean prediction, same norm, ε, steps and step size.
+
+    ``seed`` draws the random starts (with ``random_start``).
+    """
     started = time.perf_counter()
     n = len(data)
     hits = 0
-    generator = np.random.default_rng(0)
+    generator = np.random.default_rng(seed)
     with progress.task(f"Untargeted PGD on {n} images", total=n) as task:
         offset = 0
         for pixels, _ in data.pixel_batches(batch_size):
