@@ -75,6 +75,17 @@ def kernelscope(*args: str) -> int:
     return subprocess.run(command, cwd=REPO, check=False).returncode
 
 
+def run_neurons(model: Path, out_dir: Path, limit: int, seed: int, threads: int | None) -> str:
+    """``kernelscope neurons`` on one model (Suri & Evans); return the name of the JSON file written."""
+    name = f"{model.stem}.neurons.json"
+    extra = ["--threads", str(threads)] if threads else []
+    args = [*data_args(model_dataset(model)), "--limit", str(limit), "--seed", str(seed), "--force", "-q", *extra]
+    code = kernelscope("neurons", str(model), *args, "--json", str(out_dir / name))
+    if code != 0:
+        raise SystemExit(f"neurons {model} failed with exit code {code}")
+    return name
+
+
 def run_model(model: Path, out_dir: Path, limit: int, seed: int, threads: int | None) -> dict[str, str]:
     """Inspect and harden one model; return the names of the JSON files written."""
     stem = model.stem
@@ -187,6 +198,7 @@ def row_for(model: Path, files: dict[str, str], json_dir: Path) -> dict[str, Any
     inspect_doc = json.loads((json_dir / files["inspect"]).read_text())
     harden_doc = json.loads((json_dir / files["harden"]).read_text())
     forced_doc = json.loads((json_dir / files["harden_forced"]).read_text()) if "harden_forced" in files else None
+    neurons_doc = json.loads((json_dir / files["neurons"]).read_text()) if "neurons" in files else None
     summary = train_summary(model)
     accuracy, targeting = sweep_summary(inspect_doc)
     eps = harden_doc["harden"]["audit_epsilon"]
@@ -205,6 +217,8 @@ def row_for(model: Path, files: dict[str, str], json_dir: Path) -> dict[str, Any
         "inspect": inspect_doc,
         "harden": harden_doc,
         "forced": forced_doc,
+        "neurons": neurons_doc["neurons"] if neurons_doc else None,
+        "neurons_clean": neurons_doc.get("clean_accuracy") if neurons_doc else None,
         "eps": eps,
         "top_eps": top_eps,
         "kernels": kernels,
@@ -272,7 +286,8 @@ def render_page(rows: list[dict[str, Any]], args: argparse.Namespace, doc_path: 
         "",
         f"- Data: {run_info['limit']} images drawn (seed {run_info['seed']}) from the real CIFAR-10 test set "
         "(JPEG re-encoding) or the MNIST test set; `harden` searches on half of them (validation) and reports on "
-        "the other half (evaluation).",
+        "the other half (evaluation)"
+        + (f"; `neurons` uses {n} images drawn the same way." if (n := run_info.get("neurons_limit")) else "."),
         "- Attack: FGSM in [0, 1] pixel units before normalization, judged by the deployed ONNX model in "
         "onnxruntime, gradients from kernelscope's PyTorch mirror (parity-checked). The paper's own ε values are "
         "not restated here; kernelscope's audit ε (0.01 for CIFAR-10, 0.1 for MNIST) is used for the headline "
@@ -348,6 +363,7 @@ def render_page(rows: list[dict[str, Any]], args: argparse.Namespace, doc_path: 
             )
     lines += ["", "## What this shows", ""]
     lines += verdict_lines(rows)
+    lines += neuron_lines(rows)
     trend = trend_figure(rows, image_root / "trend.png")
     if trend is not None:
         lines += ["", "## Training length", "", f"![first-layer findings against training length]({rel(trend)})", ""]
@@ -365,6 +381,59 @@ def render_page(rows: list[dict[str, Any]], args: argparse.Namespace, doc_path: 
             lines.append("")
     lines += ["## Commands", "", "```bash", *run_info["commands"], "```", ""]
     return "\n".join(lines)
+
+
+def neuron_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The second seed paper (Suri & Evans): one sensitive neuron vs the whole output, from ``neurons`` reports."""
+    measured = [r for r in rows if r["neurons"]]
+    if not measured:
+        return []
+    first = measured[0]["neurons"]
+    attack, pgd = first["single_neuron_attack"], first["pgd"]
+    lines = [
+        "",
+        "## One neuron to fool them all? (Suri & Evans)",
+        "",
+        "Suri & Evans report that an attack aimed at one sensitive neuron of the last hidden layer fools a model",
+        "nearly as often as an attack on the whole output. `kernelscope neurons` ranks the inputs of the final",
+        "linear layer by the change Δ that alone would flip the prediction (scaled by each neuron's spread over the",
+        f"data), attacks the k top-ranked neurons one at a time ({attack['norm'].upper()} PGD, "
+        f"ε = {attack['epsilon']:g} in [0, 1] pixel units, {attack['steps']} steps, λ = {attack['lambda']:g}) "
+        "and compares with untargeted "
+        f"PGD of the same budget ({pgd['norm'].upper()}, ε = {pgd['epsilon']:g}). Success = the deployed model's",
+        "prediction changes; the same images for every column.",
+        "",
+        "| model | final layer (features) | images | "
+        + " | ".join(f"k = {k}" for k in attack["k"])
+        + " | untargeted PGD | single neuron (largest k) / PGD |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in attack["k"]) + " | --- | --- |",
+    ]
+    for r in measured:
+        n = r["neurons"]
+        rates = n["single_neuron_attack"]["success_rate"]
+        whole = n["pgd"]["success_rate"]
+        relu = ", ReLU" if n["relu_features"] else ""
+        ratio = f"{rates[-1] / whole:.2f}" if whole else "n/a"
+        lines.append(
+            f"| `{r['model']}` | `{n['layer']}` ({n['count']}{relu}) | {n['pgd']['images']} | "
+            + " | ".join(pct(x) for x in rates)
+            + f" | {pct(whole)} | {ratio} |"
+        )
+    ratios = {
+        r["model"]: r["neurons"]["single_neuron_attack"]["success_rate"][-1] / r["neurons"]["pgd"]["success_rate"]
+        for r in measured
+        if r["neurons"]["pgd"]["success_rate"]
+    }
+    close = [f"`{m}` ({x:.0%})" for m, x in ratios.items() if x >= 0.8]
+    short = [f"`{m}` ({x:.0%})" for m, x in ratios.items() if x < 0.8]
+    lines.append("")
+    if close:
+        lines.append(
+            f"- Close to the whole-output attack (≥ 80 % of its success), as the paper reports: {', '.join(close)}."
+        )
+    if short:
+        lines.append(f"- Well short of it: {', '.join(short)}.")
+    return lines
 
 
 def verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -437,6 +506,7 @@ def run_info(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
 
     return {
         "limit": args.limit,
+        "neurons_limit": args.neurons_limit,
         "seed": args.seed,
         "date": time.strftime("%Y-%m-%d"),
         "kernelscope_version": kernelscope.__version__,
@@ -455,7 +525,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT, help="where the JSON reports go")
     parser.add_argument("--doc", type=Path, default=DEFAULT_DOC, help="the markdown page to write")
     parser.add_argument("--limit", type=int, default=2000, help="images per model (seeded subset)")
+    parser.add_argument("--neurons-limit", type=int, default=500, help="images per model for `neurons`")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--stages",
+        type=lambda text: set(text.split(",")),
+        default={"audit", "neurons"},
+        help="what to run: audit (inspect + harden), neurons, or both (audit,neurons); the rest is kept from the "
+        "saved reports",
+    )
     parser.add_argument("--threads", type=int, default=None, help="passed to kernelscope (default: all cores)")
     parser.add_argument("--from-json", action="store_true", help="reuse the JSON reports in --out-dir")
     args = parser.parse_args(argv)
@@ -465,25 +543,38 @@ def main(argv: list[str] | None = None) -> int:
     index_path = args.out_dir / "index.json"
     if args.from_json:
         index = json.loads(index_path.read_text())
-        args.limit, args.seed = index["limit"], index["seed"]
+        args.limit, args.neurons_limit, args.seed = index["limit"], index.get("neurons_limit"), index["seed"]
     else:
-        index = {"limit": args.limit, "seed": args.seed, "models": {}, "commands": []}
-        if index_path.exists():  # keep the other models' reports when only some are re-run with the same data
+        index = {"limit": args.limit, "neurons_limit": args.neurons_limit, "seed": args.seed, "models": {}}
+        if index_path.exists():  # keep the reports that are not re-run, where they were made with the same data
             previous = json.loads(index_path.read_text())
-            if (previous["limit"], previous["seed"]) == (args.limit, args.seed):
-                index["models"] = previous["models"]
+            same_audit = (previous["limit"], previous["seed"]) == (args.limit, args.seed)
+            same_neurons = (previous.get("neurons_limit"), previous["seed"]) == (args.neurons_limit, args.seed)
+            for name, files in previous["models"].items():
+                kept = {k: v for k, v in files.items() if (same_neurons if k == "neurons" else same_audit)}
+                if kept:
+                    index["models"][name] = kept
         for model in args.models:
             started = time.perf_counter()
             name = str(model.resolve().relative_to(REPO))
-            index["models"][name] = run_model(model, args.out_dir, args.limit, args.seed, args.threads)
+            files = dict(index["models"].get(name, {}))
+            if "audit" in args.stages:
+                files = {k: v for k, v in files.items() if k == "neurons"}
+                files |= run_model(model, args.out_dir, args.limit, args.seed, args.threads)
+            if "neurons" in args.stages:
+                files["neurons"] = run_neurons(model, args.out_dir, args.neurons_limit, args.seed, args.threads)
+            index["models"][name] = files
             print(f"{model.name}: {time.perf_counter() - started:.0f} s", flush=True)
         index["commands"] = [
-            f"python examples/replicate_paper.py --limit {args.limit} --seed {args.seed}",
+            f"python examples/replicate_paper.py --limit {args.limit} --neurons-limit {args.neurons_limit} "
+            f"--seed {args.seed}",
             "# which runs, per model (DATA: ../shared/data/cifar10-jpg/test.tar, or mnist with --data-dir):",
             f"kernelscope inspect MODEL --data DATA --limit {args.limit} --seed {args.seed} --json MODEL.inspect.json",
             f"kernelscope harden MODEL --data DATA --limit {args.limit} --seed {args.seed} --json MODEL.harden.json "
             "-o MODEL.hardened.onnx",
-            "# and, if that finds nothing (exit 1): the same with --noise <best within-budget candidate>",
+            "# if that finds nothing (exit 1): again with --noise <the largest noise level within the clean budget>",
+            f"kernelscope neurons MODEL --data DATA --limit {args.neurons_limit} --seed {args.seed} "
+            "--json MODEL.neurons.json",
         ]
         index["run"] = run_info(args, index["commands"])
         index_path.write_text(json.dumps(index, indent=2) + "\n")
