@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from kernelscope.model.batching import Batching, fixed_chunks
+from kernelscope.model.batching import Batching, run_outputs
 from kernelscope.model.graph import GraphIndex, constant_value
 from kernelscope.model.surgery.kernel_mask import MaskSite
-from kernelscope.runtime import make_session, run_many
+from kernelscope.runtime import make_session
 
 
 class OnnxEvaluator:
@@ -47,14 +47,7 @@ class OnnxEvaluator:
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Class scores (N, K) and the site tensor (N, C, H, W) as float32 (``None`` without a site)."""
-        if self.batching.batchable:
-            results = run_many(self.session, {self.image_input: x}, self._outputs)
-        else:
-            parts = [
-                [r[:real] for r in run_many(self.session, {self.image_input: chunk}, self._outputs)]
-                for _, chunk, real in fixed_chunks(x, self.batching.fixed_batch or 1)
-            ]
-            results = [np.concatenate([p[i] for p in parts]) for i in range(len(self._outputs))]
+        results = run_outputs(self.session, self.batching, self.image_input, x, self._outputs)
         scores = results[0].reshape(x.shape[0], -1)
         if self.site is None:
             return scores, None

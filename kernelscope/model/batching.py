@@ -15,7 +15,7 @@ import onnx
 
 from kernelscope.errors import ModelError
 from kernelscope.model.surgery.dynamic_batch import fixed_batch_size, make_batch_dynamic
-from kernelscope.runtime import make_session, run_checked
+from kernelscope.runtime import make_session, run_checked, run_many
 
 
 @dataclass(frozen=True)
@@ -90,3 +90,17 @@ def fixed_chunks(x: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray, in
         if real < size:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - real, axis=0)])
         yield start, chunk, real
+
+
+def run_outputs(
+    session, batching: Batching, image_input: str, x: np.ndarray, outputs: Sequence[str]
+) -> list[np.ndarray]:
+    """Run ``outputs`` for the whole batch ``x``: in one call when the graph takes any batch, else in padded
+    chunks of its fixed batch size (the padding rows are dropped again)."""
+    if batching.batchable:
+        return list(run_many(session, {image_input: x}, outputs))
+    parts = [
+        [r[:real] for r in run_many(session, {image_input: chunk}, outputs)]
+        for _, chunk, real in fixed_chunks(x, batching.fixed_batch or 1)
+    ]
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(outputs))]

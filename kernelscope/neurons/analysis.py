@@ -19,7 +19,7 @@ from kernelscope.attacks.pgd import NORMS
 from kernelscope.audit import DataSummary, InspectConfig, ModelSummary, load_model_and_data
 from kernelscope.data.preprocessing import PreparedData, Preprocessing
 from kernelscope.errors import ModelError, UsageError
-from kernelscope.model.batching import Batching, fixed_chunks
+from kernelscope.model.batching import Batching, run_outputs
 from kernelscope.model.linear_head import LinearHead, find_linear_head
 from kernelscope.model.surgery.kernel_mask import infer_elem_types
 from kernelscope.neurons.attack import (
@@ -33,7 +33,7 @@ from kernelscope.neurons.attack import (
 from kernelscope.neurons.sensitivity import Sensitivity, neuron_sensitivity
 from kernelscope.progress import NO_PROGRESS, Progress
 from kernelscope.robustness import MirrorCheck, prepare_attack
-from kernelscope.runtime import make_session, run_many
+from kernelscope.runtime import make_session
 
 #: Largest relative difference allowed between the layer's output in onnxruntime and W f + b computed from
 #: the weights kernelscope read: a mismatch means the weights were misread, and every Δ would be wrong.
@@ -118,14 +118,7 @@ class DeployedHead:
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(scores (N, K), features (N, d), layer output (N, K)) as float32 for the model input ``x``."""
-        if self.batching.batchable:
-            results = run_many(self.session, {self.image_input: x}, self._outputs)
-        else:
-            parts = [
-                [r[:real] for r in run_many(self.session, {self.image_input: chunk}, self._outputs)]
-                for _, chunk, real in fixed_chunks(x, self.batching.fixed_batch or 1)
-            ]
-            results = [np.concatenate([p[i] for p in parts]) for i in range(len(self._outputs))]
+        results = run_outputs(self.session, self.batching, self.image_input, x, self._outputs)
         n = x.shape[0]
         return tuple(np.asarray(r, dtype=np.float32).reshape(n, -1) for r in results)  # type: ignore[return-value]
 
