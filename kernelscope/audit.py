@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,13 +187,23 @@ class AuditInputs(ModelAndData):
 
 
 def load_model_and_data(
-    model_path: str | os.PathLike[str], config: InspectConfig, progress: Progress = NO_PROGRESS
+    model_path: str | os.PathLike[str],
+    config: InspectConfig,
+    progress: Progress = NO_PROGRESS,
+    *,
+    before_data: Callable[[LoadedModel, TensorInfo], object] | None = None,
 ) -> ModelAndData:
-    """Load the model, load and fit the data, and decide how to batch the model (no layer is looked for)."""
+    """Load the model, load and fit the data, and decide how to batch the model (no layer is looked for).
+
+    ``before_data(model, output)`` runs between the two, so a model the caller cannot use (it raises) fails
+    before a long data load.
+    """
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     model = load_model(model_path, input_shape=config.input_shape)
     output = model.output(config.output)
+    if before_data is not None:
+        before_data(model, output)
     timings["load_model"] = time.perf_counter() - clock
     return _with_data(model, output, config, timings, progress)
 

@@ -354,6 +354,16 @@ def test_a_model_without_a_linear_head_is_refused(capsys, tmp_path):
     assert "the model has no Gemm or MatMul" in err
 
 
+def test_a_model_without_a_linear_head_fails_before_the_data_is_read(capsys, tmp_path):
+    model = conv_classifier(out_channels=4, seed=1)
+    model.graph.node.remove(next(n for n in model.graph.node if n.op_type == "Gemm"))
+    model.graph.node[-1].output[0] = "logits"
+    path = save(model, tmp_path / "nohead.onnx")
+    code = main(["neurons", str(path), "-d", str(tmp_path / "not-there.npz")])  # the data would fail too
+    err = capsys.readouterr().err
+    assert code == 2 and "not from a final linear layer" in err
+
+
 def test_neurons_command_json_contract(capsys, tmp_path):
     model = save(conv_classifier(out_channels=6, seed=3), tmp_path / "m.onnx")
     data = random_npz(tmp_path / "d.npz", n=30)

@@ -139,7 +139,13 @@ def analyse_neurons(
     through the parity-checked mirror. User-fixable problems raise one-line ``KernelscopeError``s.
     """
     _check_config(config)
-    inputs = load_model_and_data(model_path, config.inspect, progress)
+    # The head is looked for before the data is loaded, so a model without one fails at once.
+    inputs = load_model_and_data(
+        model_path,
+        config.inspect,
+        progress,
+        before_data=lambda model, output: find_linear_head(model.proto, output.name, config.layer),
+    )
     timings = dict(inputs.timings)
     clock = time.perf_counter()
     head = find_linear_head(inputs.model.proto, inputs.output.name, config.layer)
