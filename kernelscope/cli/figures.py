@@ -1,4 +1,4 @@
-"""``--html PATH`` and ``--plots DIR`` of the commands: checked before the audit, written after it."""
+"""``--json``, ``--html PATH`` and ``--plots DIR`` of the commands: checked before the audit, written after it."""
 
 from __future__ import annotations
 
@@ -80,6 +80,45 @@ def write_figure_outputs(
             extra = f" (no data for {', '.join(files[m] for m in missing)})" if missing else ""
             _note(f"wrote {len(paths)} figure(s) to {plots}{extra}")
     return written
+
+
+def check_report_outputs(
+    json_path: Path | None,
+    html: Path | None,
+    plots: Path | None,
+    *,
+    force: bool,
+    inputs: tuple[Path, ...],
+    other_outputs: tuple[Path | None, ...] = (),
+    command: str = "inspect",
+) -> None:
+    """Check every report output of a command (``--json``, ``--html``, ``--plots``) before any long work."""
+    if json_path is not None:
+        check_output_path(json_path, force=force, inputs=inputs)
+    check_figure_outputs(
+        html, plots, force=force, inputs=inputs, other_outputs=(json_path, *other_outputs), command=command
+    )
+
+
+def write_report_outputs(
+    to_dict: Callable[[], Mapping[str, Any]],
+    json_path: Path | None,
+    html: Path | None,
+    plots: Path | None,
+    *,
+    quiet: bool = False,
+) -> None:
+    """Build the JSON report document (only when some output needs it) and write ``--json``, ``--html``, ``--plots``."""
+    if (json_path, html, plots) == (None, None, None):
+        return
+    from kernelscope.report.json_report import dumps
+
+    doc = to_dict()
+    if json_path is not None:
+        atomic_write_text(json_path, dumps(doc))
+        if not quiet:
+            _note(f"wrote {json_path}")
+    write_figure_outputs(doc, html, plots, quiet=quiet)
 
 
 def _figure_writers(

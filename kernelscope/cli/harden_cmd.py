@@ -8,10 +8,10 @@ from typing import Annotated
 import typer
 
 from kernelscope.cli import options as opt
-from kernelscope.cli.context import console, error_console, progress_for
-from kernelscope.cli.figures import check_figure_outputs, write_figure_outputs
+from kernelscope.cli.context import console, progress_for
+from kernelscope.cli.figures import check_report_outputs, write_report_outputs
 from kernelscope.errors import AuditFailed
-from kernelscope.io import atomic_write_text, check_output_path
+from kernelscope.io import check_output_path
 
 
 def harden_command(
@@ -75,14 +75,12 @@ def harden_command(
     # Heavy libraries (torch, onnx, onnxruntime) load only when the command runs, so --help stays instant.
     from kernelscope.cli.render import render_harden
     from kernelscope.harden import HardenConfig, harden_model, write_hardened
-    from kernelscope.report.json_report import dumps, harden_to_dict
+    from kernelscope.report.json_report import harden_to_dict
 
     check_output_path(out, force=force, inputs=(model,))
     if Path(f"{out}.data").exists():  # the external-data file a hardened copy of an external-data model uses
         check_output_path(Path(f"{out}.data"), force=force, inputs=(model,))
-    if json_path is not None:
-        check_output_path(json_path, force=force, inputs=(model, out))
-    check_figure_outputs(html_path, plots_dir, force=force, inputs=(model, out), other_outputs=(json_path, out))
+    check_report_outputs(json_path, html_path, plots_dir, force=force, inputs=(model, out), other_outputs=(out,))
     inspect = opt.inspect_config(
         data=data, data_dir=data_dir, split=split, download=download, layer=layer, output=output,
         input_shape=input_shape, drop=drop, limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean,
@@ -101,12 +99,7 @@ def harden_command(
     if report.hardened is not None:
         write_hardened(report, out)
     render_harden(console(), report, quiet=quiet)
-    doc = harden_to_dict(report, inspect) if (json_path, html_path, plots_dir) != (None, None, None) else {}
-    if json_path is not None:
-        atomic_write_text(json_path, dumps(doc))
-        if not quiet:
-            error_console().print(f"[dim]wrote {json_path}[/dim]")
-    write_figure_outputs(doc, html_path, plots_dir, quiet=quiet)
+    write_report_outputs(lambda: harden_to_dict(report, inspect), json_path, html_path, plots_dir, quiet=quiet)
     if report.hardened is None:
         raise AuditFailed(
             "no noise level improved FGSM accuracy on the validation split within the clean budget; nothing written"

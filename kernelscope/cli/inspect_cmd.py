@@ -8,10 +8,9 @@ from typing import Annotated
 import typer
 
 from kernelscope.cli import options as opt
-from kernelscope.cli.context import console, error_console, progress_for
-from kernelscope.cli.figures import check_figure_outputs, write_figure_outputs
+from kernelscope.cli.context import console, progress_for
+from kernelscope.cli.figures import check_report_outputs, write_report_outputs
 from kernelscope.errors import AuditFailed, UsageError
-from kernelscope.io import atomic_write_text, check_output_path
 
 
 def inspect_command(
@@ -89,15 +88,13 @@ def inspect_command(
     from kernelscope.attacks.pgd import PgdSettings
     from kernelscope.audit import inspect_model
     from kernelscope.cli.render import render_inspect
-    from kernelscope.report.json_report import dumps, inspect_to_dict
+    from kernelscope.report.json_report import inspect_to_dict
 
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise UsageError(f"--min-accuracy is a fraction between 0 and 1, not {min_accuracy}")
     if top is not None and top <= 0:
         raise UsageError(f"--top must be positive, not {top}")
-    if json_path is not None:
-        check_output_path(json_path, force=force, inputs=(model,))
-    check_figure_outputs(html_path, plots_dir, force=force, inputs=(model,), other_outputs=(json_path,))
+    check_report_outputs(json_path, html_path, plots_dir, force=force, inputs=(model,))
     config = opt.inspect_config(
         data=data, data_dir=data_dir, split=split, download=download, layer=layer, output=output,
         input_shape=input_shape, drop=drop, limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean,
@@ -111,12 +108,7 @@ def inspect_command(
     )  # fmt: skip
     report = inspect_model(model, config, progress=progress_for(quiet))
     render_inspect(console(), report, top=top, quiet=quiet)
-    doc = inspect_to_dict(report) if (json_path, html_path, plots_dir) != (None, None, None) else {}
-    if json_path is not None:
-        atomic_write_text(json_path, dumps(doc))
-        if not quiet:
-            error_console().print(f"[dim]wrote {json_path}[/dim]")
-    write_figure_outputs(doc, html_path, plots_dir, quiet=quiet)
+    write_report_outputs(lambda: inspect_to_dict(report), json_path, html_path, plots_dir, quiet=quiet)
     if min_accuracy is not None:
         baseline = report.baseline_accuracy
         if baseline is None:

@@ -8,10 +8,9 @@ from typing import Annotated
 import typer
 
 from kernelscope.cli import options as opt
-from kernelscope.cli.context import console, error_console, progress_for
-from kernelscope.cli.figures import check_figure_outputs, write_figure_outputs
+from kernelscope.cli.context import console, progress_for
+from kernelscope.cli.figures import check_report_outputs, write_report_outputs
 from kernelscope.errors import UsageError
-from kernelscope.io import atomic_write_text, check_output_path
 
 ATTACK = "Single-neuron attack and PGD comparison"
 
@@ -92,16 +91,12 @@ def neurons_command(
     from kernelscope.cli.render import render_neurons
     from kernelscope.neurons.analysis import NeuronsConfig, analyse_neurons
     from kernelscope.neurons.attack import AttackSettings
-    from kernelscope.report.json_report import dumps, neurons_to_dict
+    from kernelscope.report.json_report import neurons_to_dict
 
     if top <= 0:
         raise UsageError(f"--top must be positive, not {top}")
     ks = opt.parse_ints(k, "--k")
-    if json_path is not None:
-        check_output_path(json_path, force=force, inputs=(model,))
-    check_figure_outputs(
-        html_path, plots_dir, force=force, inputs=(model,), other_outputs=(json_path,), command="neurons"
-    )
+    check_report_outputs(json_path, html_path, plots_dir, force=force, inputs=(model,), command="neurons")
     inspect = opt.inspect_config(
         data=data, data_dir=data_dir, split=split, download=download, output=output, input_shape=input_shape,
         limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean, std=std, layout=layout, size=size,
@@ -117,9 +112,4 @@ def neurons_command(
     config = NeuronsConfig(inspect=inspect, layer=layer, attack=not no_attack, settings=settings)
     report = analyse_neurons(model, config, progress=progress_for(quiet))
     render_neurons(console(), report, top=top, quiet=quiet)
-    doc = neurons_to_dict(report, inspect) if (json_path, html_path, plots_dir) != (None, None, None) else {}
-    if json_path is not None:
-        atomic_write_text(json_path, dumps(doc))
-        if not quiet:
-            error_console().print(f"[dim]wrote {json_path}[/dim]")
-    write_figure_outputs(doc, html_path, plots_dir, quiet=quiet)
+    write_report_outputs(lambda: neurons_to_dict(report, inspect), json_path, html_path, plots_dir, quiet=quiet)
