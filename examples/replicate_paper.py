@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -513,7 +514,7 @@ def run_info(args: argparse.Namespace, commands: list[str]) -> dict[str, Any]:
         "torch_version": torch.__version__,
         "onnxruntime_version": onnxruntime.__version__,
         "python_version": platform.python_version(),
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "commands": commands,
     }
 
