@@ -135,7 +135,7 @@ def test_no_improvement_writes_nothing_and_exits_1(tmp_path, capsys, monkeypatch
 
 
 def _identity_filter(level, mode, fragile, null):
-    from kernelscope.hardening import NullFilter
+    from kernelscope.harden.svd import NullFilter
 
     return NullFilter(
         noise_level=level,

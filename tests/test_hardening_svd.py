@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from kernelscope.hardening import NullFilter, filter_weights, gd_lambda, gd_omega, noise_grid, unknown_noise_level
+from kernelscope.harden.svd import NullFilter, filter_weights, gd_lambda, gd_omega, noise_grid, unknown_noise_level
 
 # Weight (C_out=7, C_in=2, 3, 3): K' is |null| x 18. The null rows are deliberately out of order.
 SHAPE = (7, 2, 3, 3)

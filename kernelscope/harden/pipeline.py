@@ -24,7 +24,7 @@ from kernelscope.attacks.sweep import EpsilonAccuracy, EpsilonTargeting, check_e
 from kernelscope.audit import AuditInputs, InspectConfig, load_audit_inputs
 from kernelscope.data.preprocessing import PreparedData
 from kernelscope.errors import UsageError
-from kernelscope.hardening import NullFilter, filter_weights, noise_grid, unknown_noise_level
+from kernelscope.harden.svd import SVD_MODES, NullFilter, filter_weights, noise_grid, unknown_noise_level
 from kernelscope.io import save_model_atomic
 from kernelscope.model.batching import resolve_batching
 from kernelscope.model.first_conv import find_conv
@@ -32,8 +32,6 @@ from kernelscope.model.surgery.replace_weight import replace_conv_weight, set_me
 from kernelscope.progress import NO_PROGRESS, Progress
 from kernelscope.robustness import epsilon_kind, prepare_attack, run_attack
 from kernelscope.scoring import KernelDropRunner, ScoringResult, score_kernels
-
-SVD_MODES = ("hard", "cap")
 
 #: Metadata key of hardened files (a JSON object; see docs/metadata.md).
 META_HARDEN = "kernelscope.harden"
