@@ -698,6 +698,498 @@ def _qlinear_binary(v):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# degenerate shapes: what real exports feed every op besides the typical case
+#
+# 0-d (scalar) tensors and indices (``x.size(0)`` is Shape -> Gather with a 0-d index), empty axes (a Concat
+# of an empty piece, a Slice that selects nothing), size-1 axes (batch 1, 1x1 spatial maps), negative axes,
+# and broadcasting down to rank 0. Each registered op has its own list here, or a line in NO_DEGENERATE saying
+# why there is nothing more to test; the cases run through the same onnxruntime parity test as CASES.
+
+DEGENERATE: dict[str, Callable[[int], list[Case]]] = {}
+
+
+def degenerate(*ops: str):
+    def decorate(fn):
+        for op in ops:
+            DEGENERATE[op] = fn
+        return fn
+
+    return decorate
+
+
+def s(value, dtype=F32) -> np.ndarray:
+    """A 0-d runtime input."""
+    return np.array(value, dtype=dtype)
+
+
+#: ops whose inputs cannot be degenerate in a way the cases above do not already cover
+NO_DEGENERATE = {
+    "Constant": "no inputs; a 0-d value is covered below through ConstantOfShape and Range",
+}
+
+
+@degenerate("Add", "Sub", "Mul")
+def _d_arith(v):
+    return [
+        Case([s(1.5), s(-2.0)], grad=True, tag="0-d"),
+        Case([s(1.5), rand(3)], grad=True, tag="0-d with 1-d"),
+        Case([rand(1), s(0.5)], grad=True, tag="broadcast to 1-element"),
+        Case([rand(0, 3), rand(3, key=1)], tag="empty axis"),
+        Case([rand(2, 1, 3), rand(1, 4, 1, key=1)], grad=True, tag="size-1 axes"),
+        Case([s(3, I64), np.array([1, 2], I64)], tag="0-d int"),
+    ]
+
+
+@degenerate("Div")
+def _d_div(v):
+    return [
+        Case([s(1.5), s(-2.0)], grad=True, tag="0-d"),
+        Case([rand(0, 3), pos(3)], tag="empty axis"),
+        Case([s(7, I64), np.array([2, -2], I64)], tag="0-d int"),
+    ]
+
+
+@degenerate("Pow")
+def _d_pow(v):
+    return [Case([s(1.5), s(2.0)], grad=True, tag="0-d"), Case([pos(0, 2), s(2.0)], tag="empty axis")]
+
+
+@degenerate("Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual")
+def _d_compare(v):
+    return [
+        Case([s(2, I64), np.array([1, 2, 3], I64)], tag="0-d"),
+        Case([np.zeros((0, 2), I64), s(1, I64)], tag="empty"),
+    ]
+
+
+@degenerate("And", "Or", "Xor")
+def _d_logic(v):
+    return [Case([s(True, bool), np.array([True, False])], tag="0-d"), Case([np.zeros((0,), bool), s(False, bool)])]
+
+
+@degenerate("Not", "IsNaN")
+def _d_bool_unary(v):
+    value = s(True, bool) if v == 1 else s(np.nan)
+    empty = np.zeros((0, 2), bool) if v == 1 else rand(0, 2)
+    return [Case([value], tag="0-d"), Case([empty], tag="empty")]
+
+
+@degenerate(
+    "Sqrt",
+    "Log",
+    "Reciprocal",
+    "Exp",
+    "Neg",
+    "Abs",
+    "Erf",
+    "Sin",
+    "Cos",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Softplus",
+    "Softsign",
+    "Mish",
+    "Floor",
+    "Ceil",
+    "Sign",
+    "LeakyRelu",
+    "Elu",
+    "Celu",
+    "ThresholdedRelu",
+    "HardSigmoid",
+    "Selu",
+    "HardSwish",
+    "Gelu",
+    "Identity",
+    "Dropout",
+)
+def _d_unary(v):
+    return [
+        Case([s(1.25)], grad=True, tag="0-d"),
+        Case([rand(0, 3)], tag="empty"),
+        Case([pos(1, 1, 1)], grad=True, tag="size-1"),
+    ]
+
+
+@degenerate("PRelu")
+def _d_prelu(v):
+    return [Case([rand(2, 3), scalar(0.25)], grad=True, tag="0-d slope"), Case([rand(4), rand(4, key=1)], grad=True)]
+
+
+@degenerate("Clip")
+def _d_clip(v):
+    if v < 11:
+        return [Case([s(1.5)], {"min": -0.5, "max": 0.7}, tag="0-d"), Case([rand(0, 2)], {"min": 0.0}, tag="empty")]
+    return [Case([s(1.5), scalar(-0.5), scalar(0.7)], tag="0-d"), Case([rand(0, 2), scalar(0.0)], tag="empty")]
+
+
+@degenerate("Min", "Max", "Sum", "Mean")
+def _d_variadic(v):
+    if v < 8:
+        return [Case([rand(1), rand(1, key=1)], grad=True, tag="size-1")]
+    return [Case([s(0.5), rand(3, key=1)], grad=True, tag="0-d"), Case([s(0.5), s(-1.0)], grad=True, tag="all 0-d")]
+
+
+@degenerate("Where")
+def _d_where(v):
+    return [
+        Case([s(True, bool), rand(3), rand(3, key=1)], grad=True, tag="0-d condition"),
+        Case([s(False, bool), s(1.0), s(2.0)], tag="all 0-d"),
+        Case([np.zeros((0, 3), bool), rand(3), s(0.0)], tag="empty"),
+    ]
+
+
+@degenerate("Softmax", "LogSoftmax", "Hardmax")
+def _d_softmax(v):
+    out = [
+        Case([rand(2, 1)], {"axis": -1}, grad=True, tag="size-1 axis"),
+        Case([rand(5)], {"axis": 0}, grad=True, tag="1-d"),
+        Case([rand(2, 3, 4)], {"axis": -2}, grad=True, tag="negative axis"),
+    ]
+    if v >= 13:
+        out.append(Case([rand(1, 4)], {"axis": 0}, grad=True, tag="size-1 leading axis"))
+    return out
+
+
+@degenerate("Conv")
+def _d_conv(v):
+    return [
+        Case([rand(1, 3, 1, 1), rand(2, 3, 1, 1, key=1), rand(2, key=2)], grad=True, tag="1x1 map"),
+        Case([rand(1, 1, 3, 3), rand(1, 1, 3, 3, key=1)], {"pads": [1, 1, 1, 1]}, grad=True, tag="one channel"),
+        Case([rand(1, 2, 1, 1), rand(2, 1, 3, 3, key=1)], {"pads": [1, 1, 1, 1], "group": 2}, tag="depthwise 1x1 map"),
+    ]
+
+
+@degenerate("ConvTranspose")
+def _d_conv_transpose(v):
+    return [Case([rand(1, 2, 1, 1), rand(2, 3, 2, 2, key=1)], {"strides": [2, 2]}, grad=True, tag="1x1 map")]
+
+
+@degenerate("Gemm")
+def _d_gemm(v):
+    out = [Case([rand(1, 4), rand(4, 1, key=1), scalar(0.5)], grad=True, tag="1x1 result, 0-d C")]
+    if v >= 11:
+        out.append(Case([rand(1, 4), rand(1, 4, key=1)], {"transB": 1}, grad=True, tag="no C"))
+    return out
+
+
+@degenerate("MatMul")
+def _d_matmul(v):
+    return [
+        Case([rand(4), rand(4, key=1)], grad=True, tag="1-d x 1-d = 0-d"),
+        Case([rand(4), rand(4, 2, key=1)], grad=True, tag="1-d x 2-d"),
+        Case([rand(1, 1, 4), rand(2, 4, 1, key=1)], grad=True, tag="size-1 batch broadcast"),
+    ]
+
+
+@degenerate("BatchNormalization")
+def _d_batchnorm(v):
+    consts = [C(rand(1, key=1)), C(rand(1, key=2)), C(rand(1, key=3)), C(pos(1, key=4))]
+    return [Case([rand(1, 1, 1, 1), *consts], grad=True, tag="one channel 1x1"), Case([rand(0, 1, 2, 2), *consts])]
+
+
+@degenerate("InstanceNormalization")
+def _d_instancenorm(v):
+    return [Case([rand(1, 1, 3), C(rand(1, key=1)), C(rand(1, key=2))], grad=True, tag="one channel")]
+
+
+@degenerate("LayerNormalization")
+def _d_layernorm(v):
+    return [
+        Case([rand(2, 1), C(rand(1, key=1)), C(rand(1, key=2))], tag="size-1 axis"),
+        Case([rand(2, 3, 4), rand(3, 4, key=1)], {"axis": -2}, grad=True, tag="negative axis"),
+    ]
+
+
+@degenerate("LRN")
+def _d_lrn(v):
+    return [Case([rand(1, 1, 2, 2)], {"size": 3}, grad=True, tag="one channel")]
+
+
+@degenerate("MaxPool", "AveragePool")
+def _d_pool(v):
+    return [
+        Case([rand(1, 2, 1, 1)], {"kernel_shape": [1, 1]}, grad=True, tag="1x1"),
+        Case([rand(1, 1, 3, 3)], {"kernel_shape": [3, 3]}, grad=True, tag="window = map"),
+    ]
+
+
+@degenerate("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+def _d_global_pool(v):
+    return [Case([rand(1, 1, 1, 1)], grad=True, tag="1x1"), Case([rand(1, 2, 5)], grad=True, tag="1-d map")]
+
+
+@degenerate("Pad")
+def _d_pad(v):
+    if v < 11:
+        return [Case([rand(3)], {"pads": [1, 2]}, grad=True, tag="1-d"), Case([rand(2, 3)], {"pads": [0, 0, 0, 0]})]
+    out = [Case([rand(3), ints([1, 2])], grad=True, tag="1-d"), Case([rand(2, 3), ints([0, 0, 0, 0])], tag="no-op")]
+    if v >= 18:
+        out.append(Case([rand(2, 3), ints([1, 1]), None, ints([-1])], grad=True, tag="negative axis"))
+    return out
+
+
+@degenerate("Reshape")
+def _d_reshape(v):
+    return [
+        Case([rand(1, 1), ints([], I64)], grad=True, tag="to 0-d"),
+        Case([s(2.0), ints([1])], grad=True, tag="from 0-d"),
+        Case([s(2.0), ints([-1])], tag="0-d to -1"),
+        Case([rand(0, 3), ints([-1, 3])], tag="empty"),
+        Case([rand(2, 3), np.array([2, -1], I64)], tag="runtime shape"),
+    ]
+
+
+@degenerate("Flatten")
+def _d_flatten(v):
+    out = [Case([rand(3)], {"axis": 0}, tag="1-d axis 0"), Case([rand(3)], {"axis": 1}, tag="1-d axis 1")]
+    if v >= 11:
+        out.append(Case([rand(2, 3, 4)], {"axis": -1}, grad=True, tag="negative axis"))
+    return out
+
+
+@degenerate("Transpose")
+def _d_transpose(v):
+    return [Case([s(1.5)], tag="0-d"), Case([rand(3)], tag="1-d"), Case([rand(1, 3, 1)], {"perm": [2, 1, 0]})]
+
+
+@degenerate("Squeeze")
+def _d_squeeze(v):
+    if v < 13:
+        return [Case([rand(1, 1)], tag="to 0-d"), Case([rand(2, 1)], {"axes": [-1]}, tag="negative axis")]
+    return [Case([rand(1, 1)], tag="to 0-d"), Case([rand(1)], tag="1-d to 0-d"), Case([rand(2, 1), ints([-1])])]
+
+
+@degenerate("Unsqueeze")
+def _d_unsqueeze(v):
+    if v < 13:
+        return [Case([s(1.5)], {"axes": [0]}, grad=True, tag="0-d"), Case([rand(3)], {"axes": [-1]})]
+    return [Case([s(1.5), ints([0])], grad=True, tag="0-d"), Case([np.array(7, I64), ints([-1])], tag="0-d int")]
+
+
+@degenerate("Concat")
+def _d_concat(v):
+    return [
+        Case([rand(2, 0), rand(2, 3, key=1)], {"axis": -1}, tag="empty piece"),
+        Case([np.array([2], I64), np.array([-1], I64)], {"axis": 0}, tag="shape pieces"),
+        Case([rand(1, 3), rand(1, 3, key=1)], {"axis": -2}, grad=True, tag="negative axis"),
+    ]
+
+
+@degenerate("Split")
+def _d_split(v):
+    if v < 13:
+        return [Case([rand(2, 2)], {"axis": -1, "split": [1, 1]}, outputs=2, grad=True, tag="negative axis")]
+    out = [Case([rand(2, 2), ints([1, 1])], {"axis": -1}, outputs=2, grad=True, tag="negative axis")]
+    out.append(Case([rand(3), ints([3, 0])], outputs=2, tag="empty part"))
+    return out
+
+
+@degenerate("Slice")
+def _d_slice(v):
+    if v < 10:
+        return [Case([rand(4, 5)], {"starts": [2], "ends": [2], "axes": [0]}, tag="empty")]
+    return [
+        Case([rand(4, 5), ints([2]), ints([2]), ints([0])], tag="empty"),
+        Case([rand(4, 5), ints([-2]), ints([np.iinfo(np.int64).max]), ints([-1])], grad=True, tag="negative axis"),
+        Case([np.array([2, 3, 4], I64), ints([0]), ints([1])], tag="shape head"),
+    ]
+
+
+@degenerate("Gather")
+def _d_gather(v):
+    return [
+        Case([np.array([8, 3, 4, 4], I64), ints(0)], tag="0-d index into a shape (x.size(0))"),
+        Case([rand(5), ints(-1)], grad=True, tag="negative 0-d index into 1-d"),
+        Case([rand(3, 4), ints(1)], {"axis": -1}, grad=True, tag="0-d index, negative axis"),
+        Case([rand(5), ints(np.zeros(0, I64))], tag="empty indices"),
+        Case([rand(1, 4), ints([[0]])], tag="size-1"),
+    ]
+
+
+@degenerate("GatherElements")
+def _d_gather_elements(v):
+    return [Case([rand(3, 4), ints([[1], [0], [-1]])], {"axis": -1}, grad=True, tag="negative axis, size-1")]
+
+
+@degenerate("Shape")
+def _d_shape(v):
+    out = [Case([s(1.5)], tag="0-d"), Case([rand(0, 3)], tag="empty")]
+    if v >= 15:
+        out.append(Case([rand(2, 3)], {"start": 5}, tag="start past the end"))
+    return out
+
+
+@degenerate("Size")
+def _d_size(v):
+    return [Case([s(1.5)], tag="0-d"), Case([rand(0, 3)], tag="empty")]
+
+
+@degenerate("Expand")
+def _d_expand(v):
+    return [
+        Case([s(1.5), ints([2, 3])], grad=True, tag="0-d to 2-d"),
+        Case([s(1.5), ints(np.zeros(0, I64))], tag="0-d to 0-d"),
+        Case([rand(3), ints([1])], grad=True, tag="to a shorter shape"),
+    ]
+
+
+@degenerate("Tile")
+def _d_tile(v):
+    return [
+        Case([s(1.5), ints(np.zeros(0, I64))], tag="0-d"),
+        Case([rand(3), ints([1])], grad=True, tag="repeat 1"),
+        Case([rand(3), ints([0])], tag="repeat 0"),
+    ]
+
+
+@degenerate("ConstantOfShape")
+def _d_constant_of_shape(v):
+    return [Case([ints(np.zeros(0, I64))], tag="0-d"), Case([ints([0, 2])], tag="empty")]
+
+
+@degenerate("Range")
+def _d_range(v):
+    return [Case([ints(5), ints(2), ints(1)], tag="empty"), Case([scalar(0.0), scalar(1.0), scalar(2.0)])]
+
+
+@degenerate("Cast")
+def _d_cast(v):
+    return [Case([s(2.7)], {"to": TensorProto.INT64}, tag="0-d"), Case([rand(0, 2)], {"to": TensorProto.INT64})]
+
+
+@degenerate("CastLike")
+def _d_cast_like(v):
+    return [Case([s(2.7), ints(1)], tag="0-d")]
+
+
+@degenerate("Resize")
+def _d_resize(v):
+    x = rand(1, 1, 1, 1)
+    if v == 10:
+        return [Case([x, C(np.array([1, 1, 2, 2], F32))], tag="1x1")]
+    roi = C(np.array([], F32))
+    return [
+        Case([x, roi, C(np.array([1, 1, 3, 2], F32))], tag="1x1 nearest"),
+        Case([x, roi, C(np.array([1, 1, 3, 2], F32))], {"mode": "linear"}, grad=True, tag="1x1 linear"),
+    ]
+
+
+@degenerate("Upsample")
+def _d_upsample(v):
+    x = rand(1, 1, 1, 1)
+    if v < 9:
+        return [Case([x], {"scales": [1.0, 1.0, 2.0, 2.0]}, tag="1x1")]
+    return [Case([x, C(np.array([1, 1, 2, 2], F32))], tag="1x1")]
+
+
+def _d_reduce_cases(op: str) -> Callable[[int], list[Case]]:
+    def build(v: int) -> list[Case]:
+        x1 = pos(4) if op == "ReduceLogSum" else rand(4)
+        x2 = pos(2, 1) if op == "ReduceLogSum" else rand(2, 1)
+        if v >= _REDUCE_INPUT_FROM.get(op, 18):
+            return [
+                Case([x1], {"keepdims": 0}, grad=True, tag="1-d to 0-d"),
+                Case([x2, ints([-1])], grad=True, tag="size-1 negative axis"),
+            ]
+        return [
+            Case([x1], {"keepdims": 0}, grad=True, tag="1-d to 0-d"),
+            Case([x2], {"axes": [-1]}, grad=True, tag="size-1 negative axis"),
+        ]
+
+    return build
+
+
+for _op in list(CASES):
+    if _op.startswith("Reduce"):
+        DEGENERATE[_op] = _d_reduce_cases(_op)
+
+
+@degenerate("ArgMax", "ArgMin")
+def _d_arg(v):
+    return [Case([rand(4)], {"keepdims": 0}, tag="1-d to 0-d"), Case([rand(3, 1)], {"axis": -1}, tag="size-1")]
+
+
+@degenerate("QuantizeLinear")
+def _d_quantize(v):
+    return [Case([s(0.3), scalar(0.02), scalar(128, np.uint8)], tag="0-d"), Case([rand(0, 2), scalar(0.02)])]
+
+
+@degenerate("DequantizeLinear")
+def _d_dequantize(v):
+    return [Case([s(200, np.uint8), scalar(0.02), scalar(128, np.uint8)], tag="0-d"), Case([u8(0, 2), scalar(0.1)])]
+
+
+@degenerate("DynamicQuantizeLinear")
+def _d_dynamic_quantize(v):
+    return [Case([rand(1)], outputs=3, tag="one element"), Case([np.full((2, 2), 0.7, F32)], outputs=3, tag="flat")]
+
+
+@degenerate("QLinearConv")
+def _d_qlinear_conv(v):
+    inputs = _qconv_inputs(False)
+    inputs[0] = u8(1, 2, 1, 1)
+    return [Case(inputs, {"pads": [1, 1, 1, 1]}, tag="1x1 map")]
+
+
+@degenerate("QLinearMatMul")
+def _d_qlinear_matmul(v):
+    zp = scalar(128, np.uint8)
+    return [Case([u8(1, 4), scalar(0.05), zp, C(u8(4, 1, key=1)), scalar(0.02), zp, scalar(0.3), zp], tag="1x1")]
+
+
+@degenerate("ConvInteger")
+def _d_conv_integer(v):
+    return [Case([u8(1, 2, 1, 1), C(u8(3, 2, 1, 1, key=1)), scalar(120, np.uint8)], tag="1x1 map")]
+
+
+@degenerate("MatMulInteger")
+def _d_matmul_integer(v):
+    return [Case([u8(1, 4), C(u8(4, 1, key=1)), scalar(120, np.uint8)], tag="1x1")]
+
+
+def _q_pool_inputs() -> list:
+    return [u8(1, 2, 1, 1), scalar(0.05), scalar(120, np.uint8), scalar(0.04), scalar(100, np.uint8)]
+
+
+@degenerate("QLinearAveragePool")
+def _d_qlinear_avgpool(v):
+    return [Case(_q_pool_inputs(), {"kernel_shape": [1, 1]}, tag="1x1")]
+
+
+@degenerate("QLinearGlobalAveragePool")
+def _d_qlinear_gap(v):
+    return [Case(_q_pool_inputs(), tag="1x1")]
+
+
+@degenerate("QGemm")
+def _d_qgemm(v):
+    a = [u8(1, 4), scalar(0.05), scalar(120, np.uint8)]
+    b = [C(u8(1, 4, key=1)), scalar(0.02), scalar(128, np.uint8)]
+    return [Case([*a, *b, None, scalar(0.3), scalar(90, np.uint8)], {"transB": 1}, tag="1x1, no bias")]
+
+
+@degenerate("QLinearAdd", "QLinearMul")
+def _d_qlinear_binary(v):
+    return [
+        Case(
+            [
+                u8(2, 3),
+                scalar(0.05),
+                scalar(120, np.uint8),
+                u8(3, key=1),
+                scalar(0.03),
+                scalar(100, np.uint8),
+                scalar(0.1),
+                scalar(128, np.uint8),
+            ],
+            tag="broadcast",
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------
 # running a case
 
 _ONNX_TYPE = {
@@ -743,9 +1235,10 @@ def _param_cases() -> list:
     for impl in implementations():
         for since in impl.since:
             opset = 13 if impl.domain else max(since, 7)
-            for k, case in enumerate(CASES.get(impl.op_type, lambda v: [])(since)):
-                label = f"{impl.op_type}-v{since}-{k}" + (f"-{case.tag}" if case.tag else "")
-                params.append(pytest.param(impl.op_type, impl.domain, opset, case, id=label))
+            for table, kind in ((CASES, ""), (DEGENERATE, "degenerate-")):
+                for k, case in enumerate(table.get(impl.op_type, lambda v: [])(since)):
+                    label = f"{impl.op_type}-v{since}-{kind}{k}" + (f"-{case.tag}" if case.tag else "")
+                    params.append(pytest.param(impl.op_type, impl.domain, opset, case, id=label))
     return params
 
 
@@ -760,6 +1253,16 @@ def test_every_registered_op_has_cases() -> None:
         if not CASES.get(impl.op_type, lambda v: [])(since)
     )
     assert not missing, f"no test case for: {missing}"
+
+
+def test_every_registered_op_has_degenerate_cases() -> None:
+    missing = sorted(
+        f"{impl.op_type} v{since}"
+        for impl in implementations()
+        for since in impl.since
+        if impl.op_type not in NO_DEGENERATE and not DEGENERATE.get(impl.op_type, lambda v: [])(since)
+    )
+    assert not missing, f"no degenerate-shape case (0-d, empty, size-1, negative axis) for: {missing}"
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:

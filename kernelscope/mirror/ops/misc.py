@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import torch
@@ -52,8 +54,12 @@ def constant_of_shape(ctx: NodeContext, shape: torch.Tensor) -> torch.Tensor:
 
 @register("Range", since=(11, 27))
 def range_(ctx: NodeContext, start: torch.Tensor, limit: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Range."""
-    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
+    """Range: max(ceil((limit - start) / delta), 0) elements (empty when the bounds and the step disagree)."""
+    first, stop, step = start.item(), limit.item(), delta.item()
+    count = max(math.ceil((stop - first) / step), 0)
+    if count == 0:  # torch.arange refuses bounds inconsistent with the step's sign; ONNX gives an empty tensor
+        return torch.empty(0, dtype=start.dtype, device=start.device)
+    return torch.arange(first, stop, step, dtype=start.dtype, device=start.device)
 
 
 @register("Identity", since=(1, 13, 14, 16, 19, *_NEW_TYPES))

@@ -39,7 +39,8 @@ def flatten(ctx: NodeContext, x: torch.Tensor) -> torch.Tensor:
 def transpose(ctx: NodeContext, x: torch.Tensor) -> torch.Tensor:
     """Transpose (default: reverse the axes)."""
     perm = ctx.attr("perm")
-    return x.permute(*(list(perm) if perm else range(x.dim() - 1, -1, -1)))  # type: ignore[arg-type]
+    # a tuple, never ``*dims``: a 0-d tensor has no axes to list
+    return x.permute(tuple(list(perm) if perm else range(x.dim() - 1, -1, -1)))  # type: ignore[arg-type]
 
 
 def _axes(ctx: NodeContext, axes: torch.Tensor | None) -> list[int] | None:
@@ -133,7 +134,8 @@ def gather(ctx: NodeContext, x: torch.Tensor, indices: torch.Tensor) -> torch.Te
     idx = indices.long()
     idx = torch.where(idx < 0, idx + x.shape[dim], idx)
     picked = x.index_select(dim, idx.reshape(-1))
-    return picked.reshape(*x.shape[:dim], *idx.shape, *x.shape[dim + 1 :])
+    # a 0-d index into a 1-D tensor (``x.size(0)``: Shape -> Gather) gives a 0-d result: an empty shape tuple
+    return picked.reshape((*x.shape[:dim], *idx.shape, *x.shape[dim + 1 :]))
 
 
 @register("GatherElements", since=(11, 13))
@@ -172,7 +174,7 @@ def expand(ctx: NodeContext, x: torch.Tensor, shape_: torch.Tensor) -> torch.Ten
 @register("Tile", since=(6, 13))
 def tile(ctx: NodeContext, x: torch.Tensor, repeats: torch.Tensor) -> torch.Tensor:
     """Tile."""
-    return x.repeat(*to_ints(repeats))
+    return x.repeat(tuple(to_ints(repeats)))  # a 0-d input has empty repeats
 
 
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
@@ -221,4 +223,4 @@ def pad(
     # torch's other modes pad the trailing 1-3 axes of a (C, spatial...) tensor: fold the leading axes into C
     folded = x.reshape(-1, *x.shape[first:])
     y = F.pad(folded, order, mode=mode)
-    return y.reshape(*x.shape[:first], *y.shape[1:])
+    return y.reshape((*x.shape[:first], *y.shape[1:]))
