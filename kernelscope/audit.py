@@ -32,7 +32,7 @@ from kernelscope.model.batching import Batching, resolve_batching
 from kernelscope.model.first_conv import ConvLayer, find_conv
 from kernelscope.model.loading import LoadedModel, TensorInfo, load_model
 from kernelscope.progress import NO_PROGRESS, Progress
-from kernelscope.robustness import ATTACKS, AttackReport, prepare_attack, run_attack
+from kernelscope.robustness import ATTACKS, AttackReport, check_targeting_at, prepare_attack, run_attack
 from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, ScoringResult, score_kernels
 from kernelscope.stats import holm_adjust
 
@@ -66,6 +66,7 @@ class InspectConfig:
     compare_exact: bool = False  # with a fast method: also score exactly and report the agreement
     attack_method: str = "fgsm"  # "fgsm" (the paper's attack) or "pgd"
     pgd: PgdSettings = field(default_factory=PgdSettings)  # used when attack_method is "pgd"
+    targeting_at: str = "conv"  # the tensor Algorithm 1 compares: "conv" (the paper's) or "activation"
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,7 @@ def inspect_model(
             attack=config.attack_method,
             pgd=config.pgd,
             seed=config.seed,
+            targeting_at=config.targeting_at,
             progress=progress,
         )
         timings["attack_gradient"] = attack.sweep.seconds_gradient
@@ -381,6 +383,7 @@ def _check_config(config: InspectConfig) -> None:
         raise UsageError(f"--attack must be one of {', '.join(ATTACKS)}, not {config.attack_method!r}")
     if config.attack_method == "pgd":
         config.pgd.check()
+    check_targeting_at(config.targeting_at)
 
 
 def _num_classes(output: TensorInfo) -> int | None:
@@ -483,6 +486,8 @@ def _fast_verdict(layer: ConvLayer, fast: FastScoring) -> str:
 
 def _attack_warnings(attack: AttackReport) -> list[str]:
     notes = list(attack.preflight.notes)
+    if attack.targeting_note:
+        notes.append(attack.targeting_note)
     sweep = attack.sweep
     if sweep.nonfinite_gradient_images:
         notes.append(f"{sweep.nonfinite_gradient_images} image(s) had non-finite input gradients (set to 0)")
@@ -505,9 +510,12 @@ def _attack_verdict(attack: AttackReport) -> str:
     )
     if sweep.targeting:
         mid = sweep.targeting[len(sweep.targeting) // 2]
+        conv = attack.targeting_at == "conv"
+        where = "outputs" if conv else "activations (after the ops that follow the Conv)"
         text += (
-            f" At ε = {mid.epsilon:g}, {mid.fraction:.0%} of the attacks move the fragile kernels' outputs more than "
-            f"the null ones ({mid.fraction_normalized:.0%} relative to each kernel's clean output)."
+            f" At ε = {mid.epsilon:g}, {mid.fraction:.0%} of the attacks move the fragile kernels' {where} more than "
+            f"the null ones ({mid.fraction_normalized:.0%} relative to each kernel's clean "
+            f"{'output' if conv else 'activation'})."
         )
     return text
 

@@ -28,7 +28,7 @@ from kernelscope.evaluation import OnnxEvaluator
 from kernelscope.model.batching import Batching, fixed_chunks
 from kernelscope.model.first_conv import ConvLayer
 from kernelscope.model.graph import GraphIndex
-from kernelscope.model.surgery.kernel_mask import find_mask_site, infer_elem_types
+from kernelscope.model.surgery.kernel_mask import MaskSite, find_mask_site, infer_elem_types
 from kernelscope.model.surgery.prune import prune_to_output
 from kernelscope.progress import NO_PROGRESS, Progress
 
@@ -40,6 +40,11 @@ PARITY_IMAGES = 32
 
 #: The attacks ``inspect --attack`` offers.
 ATTACKS = ("fgsm", "pgd")
+
+#: Where Algorithm 1 reads the first layer (``--targeting-at``): the convolution's own output (the paper's), or
+#: the tensor after the bias / BatchNormalization / activation that directly follow it (what ``--drop channel``
+#: masks). Each maps to the drop mode whose mask site is that tensor.
+TARGETING_SITES = {"conv": "weights", "activation": "channel"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,39 @@ class AttackReport:
     preflight: Preflight
     sweep: SweepResult
     epsilon_source: str  # "option", "default lin sweep (cifar-like)", ...
+    targeting_at: str = "conv"  # a key of TARGETING_SITES
+    targeting_site: MaskSite | None = None  # the tensor targeting compared, and the nodes passed to reach it
+    targeting_note: str | None = None  # e.g. that the activation site is the Conv output itself
+
+
+def check_targeting_at(value: str) -> str:
+    """``value`` if it names a targeting site (``conv`` or ``activation``), else a usage error."""
+    if value not in TARGETING_SITES:
+        raise UsageError(f"--targeting-at must be one of {', '.join(TARGETING_SITES)}, not {value!r}")
+    return value
+
+
+def targeting_site(proto: onnx.ModelProto, layer: ConvLayer, at: str = "conv") -> MaskSite:
+    """The tensor Algorithm 1 compares for ``--targeting-at`` ``at``: the convolution's output (for
+    ``ConvInteger`` after its rescale-and-bias tail), or the one after the bias / BatchNormalization /
+    activation that directly follow it (the tensor ``--drop channel`` masks). 8-bit tensors carry their
+    quantization parameters, so distances are taken in real units."""
+    return find_mask_site(proto, layer, TARGETING_SITES[check_targeting_at(at)], infer_elem_types(proto))
+
+
+def targeting_site_note(proto: onnx.ModelProto, layer: ConvLayer, at: str, site: MaskSite) -> str | None:
+    """A note when ``--targeting-at activation`` found nothing to pass: it then reads the Conv output itself."""
+    if at != "activation" or site.tensor != targeting_site(proto, layer, "conv").tensor:
+        return None
+    why = (
+        "its activation, if any, is folded into the quantized output range"
+        if layer.op_type == "QLinearConv"
+        else "its only consumer is not a bias, BatchNormalization or activation"
+    )
+    return (
+        f"--targeting-at activation reads the output of {layer.op_type} {layer.name!r} itself ({why}): the same "
+        "tensor as --targeting-at conv"
+    )
 
 
 @dataclass
@@ -189,9 +227,16 @@ def run_attack(
     attack: str = "fgsm",
     pgd: PgdSettings | None = None,
     seed: int = 0,
+    targeting_at: str = "conv",
     progress: Progress = NO_PROGRESS,
 ) -> AttackReport:
-    """The FGSM (or PGD) sweep through the checked mirror, judged by the deployed model, with targeting."""
+    """The FGSM (or PGD) sweep through the checked mirror, judged by the deployed model, with targeting.
+
+    ``targeting_at``: the tensor Algorithm 1 compares, ``conv`` (the convolution's output, the paper's) or
+    ``activation`` (after the bias / BatchNormalization / activation that directly follow it); see
+    :func:`targeting_site`.
+    """
+    check_targeting_at(targeting_at)
     if attack not in ATTACKS:
         raise UsageError(f"--attack must be one of {', '.join(ATTACKS)}, not {attack!r}")
     settings = (pgd or PgdSettings()) if attack == "pgd" else None
@@ -206,7 +251,7 @@ def run_attack(
     else:
         values, source = list(epsilons), "option"
     values = check_epsilons(values, bounds)
-    site = find_mask_site(batching.proto, layer, "weights", infer_elem_types(batching.proto))
+    site = targeting_site(batching.proto, layer, targeting_at)
     evaluator = OnnxEvaluator(batching, image_input, output, site, providers, threads)
     gradient = InputGradient(prepared.mirror, data.preprocessing, prepared.preflight.loss)
     if not batching.batchable:
@@ -214,7 +259,7 @@ def run_attack(
     if settings is None:
         result = fgsm_sweep(
             gradient, evaluator, data, values, fragile=fragile, null=null, bounds=bounds, batch_size=batch_size,
-            progress=progress,
+            progress=progress, targeting_at=targeting_at,
         )  # fmt: skip
     else:
         chunk = None if batching.batchable else (batching.fixed_batch or 1)
@@ -222,8 +267,10 @@ def run_attack(
         result = pgd_sweep(
             objectives, gradient, evaluator, data, values, settings=settings, fragile=fragile, null=null,
             bounds=bounds, batch_size=batch_size, seed=seed, loss=prepared.preflight.loss, progress=progress,
+            targeting_at=targeting_at,
         )  # fmt: skip
-    return AttackReport(prepared.check, prepared.preflight, result, source)
+    note = targeting_site_note(batching.proto, layer, targeting_at, site)
+    return AttackReport(prepared.check, prepared.preflight, result, source, targeting_at, site, note)
 
 
 @dataclass

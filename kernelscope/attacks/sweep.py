@@ -47,6 +47,7 @@ class EpsilonTargeting:
     n: int
     attacking_fragile: int
     attacking_fragile_normalized: int
+    site: str = "conv"  # the tensor compared: "conv" (the Conv's output) or "activation" (after BN / bias / act.)
 
     @property
     def fraction(self) -> float:
@@ -128,6 +129,7 @@ def _sweep(
     progress: Progress,
     description: str,
     pgd_settings: PgdSettings | None = None,
+    targeting_at: str = "conv",
 ) -> SweepResult:
     """Accuracy and targeting counts of every ε; ``attack`` yields the deployed model's outputs per ε > 0."""
     correct = np.zeros(len(eps), dtype=np.int64)
@@ -158,7 +160,7 @@ def _sweep(
             for e, c in zip(eps, correct, strict=True)
         ],
         targeting=[
-            EpsilonTargeting(e, n, int(r), int(z))
+            EpsilonTargeting(e, n, int(r), int(z), targeting_at)
             for e, r, z in zip(eps, raw_hits, normalized_hits, strict=True)
             if e > 0 and evaluator.site is not None
         ],
@@ -192,8 +194,13 @@ def fgsm_sweep(
     bounds: tuple[float, float] = (0.0, 1.0),
     batch_size: int = 128,
     progress: Progress = NO_PROGRESS,
+    targeting_at: str = "conv",
 ) -> SweepResult:
-    """Accuracy under FGSM and the targeting counts for every ε of ``epsilons`` (ε = 0 is the clean run)."""
+    """Accuracy under FGSM and the targeting counts for every ε of ``epsilons`` (ε = 0 is the clean run).
+
+    Targeting compares the evaluator's site tensor; ``targeting_at`` names it in the result (``conv`` or
+    ``activation``).
+    """
     eps = check_epsilons(epsilons, bounds)
     clock, stats = _Clock(), [0, 0]
     normalize = data.preprocessing.normalize
@@ -209,7 +216,7 @@ def fgsm_sweep(
     return _sweep(
         "fgsm", attack, clock, stats, evaluator, data, eps, fragile=fragile, null=null, bounds=bounds,
         batch_size=batch_size, progress=progress,
-        description=f"FGSM sweep, {len(eps)} epsilons on {len(data)} images",
+        description=f"FGSM sweep, {len(eps)} epsilons on {len(data)} images", targeting_at=targeting_at,
     )  # fmt: skip
 
 
@@ -228,6 +235,7 @@ def pgd_sweep(
     seed: int = 0,
     loss: str = "cross_entropy",
     progress: Progress = NO_PROGRESS,
+    targeting_at: str = "conv",
 ) -> SweepResult:
     """Accuracy under PGD and the targeting counts for every ε (a separate optimization per ε).
 
@@ -274,6 +282,7 @@ def pgd_sweep(
     return _sweep(
         "pgd", attack, clock, stats, evaluator, data, eps, fragile=fragile, null=null, bounds=bounds,
         batch_size=batch_size, progress=progress, description=description, pgd_settings=settings,
+        targeting_at=targeting_at,
     )  # fmt: skip
 
 

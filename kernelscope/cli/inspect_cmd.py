@@ -62,6 +62,7 @@ def inspect_command(
     pgd_random_start: Annotated[
         bool, typer.Option("--pgd-random-start/--no-pgd-random-start", help="With --attack pgd: start inside the ball.")
     ] = True,
+    targeting_at: opt.TargetingAtOption = "conv",
     eps_sweep: opt.EpsSweepOption = "lin",
     bounds: opt.BoundsOption = "0,1",
     atol: opt.AtolOption = None,
@@ -101,6 +102,7 @@ def inspect_command(
         std=std, layout=layout, size=size, channels=channels, device=device, threads=threads, bootstrap=bootstrap,
         attack=not no_attack, attack_method=attack.lower(), epsilons=eps, epsilons_option="--eps",
         eps_sweep=eps_sweep, bounds=bounds, atol=atol, method=method, compare_exact=compare_exact,
+        targeting_at=targeting_at,
         pgd=PgdSettings(
             norm=pgd_norm.lower(), steps=pgd_steps, step_size=pgd_step_size, random_start=pgd_random_start,
             restarts=pgd_restarts,

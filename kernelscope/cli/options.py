@@ -109,6 +109,14 @@ InputShapeOption = Annotated[
 DropOption = Annotated[
     str, typer.Option(help="weights: zero kernel k's weights and bias; channel: zero channel k after BN/activation.")
 ]
+TargetingAtOption = Annotated[
+    str,
+    typer.Option(
+        "--targeting-at",
+        help="Tensor the targeting test compares: conv (the Conv's output, the paper's Algorithm 1; linear, so "
+        "its comparison hardly depends on ε) or activation (after the BN / bias / activation that follow the Conv).",
+    ),
+]
 EpsSweepOption = Annotated[
     str, typer.Option(help="Default ε sweep when no explicit list is given: lin or log (smaller for CIFAR-like data).")
 ]
@@ -214,6 +222,11 @@ def inspect_config(
     """The library's config from the raw values of the options both commands share (parsed and checked here)."""
     from kernelscope.audit import InspectConfig  # heavy: imported when a command runs, not for --help
 
+    targeting_at = fields.get("targeting_at")
+    if targeting_at is not None:
+        from kernelscope.robustness import check_targeting_at
+
+        fields["targeting_at"] = check_targeting_at(str(targeting_at).lower())
     threads = fields.get("threads")
     if threads is not None:
         if not isinstance(threads, int) or threads < 1:

@@ -173,7 +173,22 @@ def attack_table(report: InspectReport) -> Table | None:
             f"{t.fraction:.1%}" if t else "–",
             f"{t.fraction_normalized:.1%}" if t else "–",
         )
+    if sweep.targeting:
+        site = attack.targeting_site
+        table.caption = _targeting_caption(
+            attack.targeting_at, site.tensor if site else None, site.passed if site else ()
+        )
     return table
+
+
+def _targeting_caption(at: str, tensor: str | None, after: tuple[str, ...] | list[str]) -> str:
+    """Which tensor the "attacks S" columns compared, and what that implies for their dependence on ε."""
+    from kernelscope.targeting import site_description
+
+    text = f"attacks S: mean L2 change over S > over S' of {site_description(at, tensor, after)} (--targeting-at {at})"
+    if at == "conv":
+        text += "; linear in the perturbation, so under FGSM it changes with ε only through clipping at the bounds"
+    return text
 
 
 def importance_table(report: InspectReport, top: int | None = None) -> Table:
@@ -291,6 +306,12 @@ def render_harden(console: Console, report: HardenReport, quiet: bool = False) -
     console.print(search)
     console.print()
     table = Table(title=f"Before / after on {report.n_evaluation} held-out images", title_justify="left")
+    if report.before.targeting:
+        from kernelscope.robustness import targeting_site
+
+        at = report.before.targeting[0].site
+        site = targeting_site(report.inputs.model.proto, report.inputs.layer, at)
+        table.caption = _targeting_caption(at, site.tensor, site.passed)
     for name in ("ε", "accuracy before", "after", "attacks S before", "after", "normalized before", "after"):
         table.add_column(name, justify="right", no_wrap=True)
     after_fgsm = {e.epsilon: e for e in report.after.fgsm} if report.after else {}

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kernelscope.report import plots
+from kernelscope.targeting import LINEAR_NOTE, site_description
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -508,12 +509,15 @@ def targeting_table(report: Report, hardened: Report | None = None) -> Table | N
                 else "–",
             ]
         rows.append(row)
+    site = plots.targeting_at(report)
     return Table(
         headers,
         rows,
         caption="Adversarial targeting per ε: examples whose attack moves S more than S'",
-        note="raw: mean L2 distance of the first Conv's outputs over S vs over S' (the paper's Algorithm 1); "
-        "normalized: each kernel's distance divided by the norm of its clean output.",
+        note=f"Compared: {site_description(site['site'], site['tensor'], site['after'])} (--targeting-at "
+        f"{site['site']}). raw: mean L2 distance over S vs over S' (the paper's Algorithm 1 at the Conv output); "
+        "normalized: each kernel's distance divided by the norm of its clean value there (a channel that is zero "
+        "on the clean image counts 0).",
     )
 
 
@@ -563,10 +567,27 @@ def _fig3(report: Report, hardened: Report | None) -> Block:
         report,
         hardened,
         alt="Fig. 3: percentage of examples attacking the fragile kernels vs epsilon",
-        caption=f"Fig. 3. Share of examples whose {plots.attack_name(report)} perturbation changes the fragile "
-        "kernels' outputs more than the null kernels' (solid: raw distances; dashed: normalized by each kernel's "
-        "clean output).",
+        caption=_fig3_caption(report),
     )
+
+
+def _fig3_caption(report: Report) -> str:
+    """Fig. 3's caption: what was compared, and what that means for the curve's dependence on ε."""
+    site = plots.targeting_at(report)
+    where = site_description(site["site"], site["tensor"], site["after"])
+    text = (
+        f"Fig. 3. Share of examples whose {plots.attack_name(report)} perturbation changes the fragile kernels' "
+        f"values more than the null kernels' (solid: raw distances; dashed: normalized by each kernel's clean value), "
+        f"measured at {where} (--targeting-at {site['site']}). "
+    )
+    if site["site"] == "activation":
+        return text + (
+            "After the non-linearity the comparison depends on ε (units switch on or off as the perturbation "
+            "grows). At the Conv output (--targeting-at conv, the paper's) it would not: there y − y′ = "
+            "conv_W(x − x′), so under FGSM every kernel's distance scales with ε and only clipping at the pixel "
+            "bounds moves the share."
+        )
+    return text + LINEAR_NOTE
 
 
 def _kernel_blocks(report: Report) -> list[Block]:

@@ -13,7 +13,9 @@ from kernelscope.fast_scoring import FastScoring
 from kernelscope.harden import HardenReport, Measurement
 from kernelscope.model.first_conv import ConvLayer
 from kernelscope.model.loading import TensorInfo
+from kernelscope.model.surgery.kernel_mask import MaskSite
 from kernelscope.neurons.analysis import NeuronsReport
+from kernelscope.robustness import targeting_site
 
 #: Bumped on any incompatible change of keys or meanings; additions keep the version.
 SCHEMA_VERSION = 1
@@ -150,6 +152,15 @@ def targeting_list(entries: list[EpsilonTargeting]) -> list[dict[str, Any]]:
     ]
 
 
+def targeting_at_dict(at: str, site: MaskSite | None) -> dict[str, Any]:
+    """Which tensor the targeting test compared: ``conv`` or ``activation``, its name and the nodes passed."""
+    return {
+        "site": at,
+        "tensor": site.tensor if site is not None else None,
+        "after": list(site.passed) if site is not None else [],
+    }
+
+
 def _kernels(report: InspectReport) -> list[dict[str, Any]]:
     """Per-kernel entries: exact scores when computed, plus the fast method's importance / estimate."""
     scoring, fast = report.scoring, report.fast
@@ -199,7 +210,7 @@ def _estimate(fast: FastScoring | None) -> dict[str, Any] | None:
 def _attack_dict(report: InspectReport) -> dict[str, Any]:
     attack = report.attack
     if attack is None:
-        return {"mirror": None, "fgsm": None, "pgd": None, "targeting": None, "attack": None}
+        return {"mirror": None, "fgsm": None, "pgd": None, "targeting": None, "targeting_at": None, "attack": None}
     sweep = attack.sweep
     settings = sweep.pgd
     return {
@@ -215,6 +226,7 @@ def _attack_dict(report: InspectReport) -> dict[str, Any]:
         "fgsm": fgsm_list(sweep.accuracy) if sweep.name == "fgsm" else None,
         "pgd": fgsm_list(sweep.accuracy) if sweep.name == "pgd" else None,
         "targeting": targeting_list(sweep.targeting),
+        "targeting_at": targeting_at_dict(attack.targeting_at, attack.targeting_site),
         "attack": {
             "name": sweep.name,
             "space": "pixels scaled to [0, 1] (pixel / 255) at the model's size, before normalization",
@@ -289,6 +301,7 @@ def harden_to_dict(report: HardenReport, config: InspectConfig, *, include_timin
         ],
         "fragile": report.scoring.fragile,
         "null": report.scoring.null,
+        "targeting_at": _harden_targeting_at(report),
         "harden": {
             "noise_level": chosen.noise_level if chosen else None,
             "svd_mode": report.svd_mode,
@@ -331,6 +344,15 @@ def harden_to_dict(report: HardenReport, config: InspectConfig, *, include_timin
     if include_timings:
         doc["timings"] = {key: _finite(value) for key, value in report.timings.items()}
     return doc
+
+
+def _harden_targeting_at(report: HardenReport) -> dict[str, Any] | None:
+    """The site of the before/after targeting, as measured (read from the entries, so it cannot disagree)."""
+    entries = report.before.targeting
+    if not entries:
+        return None
+    at = entries[0].site
+    return targeting_at_dict(at, targeting_site(report.inputs.model.proto, report.inputs.layer, at))
 
 
 def _number(value: float) -> float | None:

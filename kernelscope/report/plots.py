@@ -21,9 +21,10 @@ Public API:
 - :func:`accuracy_vs_epsilon_figure(report, hardened=None) <accuracy_vs_epsilon_figure>` -- Fig. 2: attack accuracy
   vs ε on a linear and a logarithmic ε axis, with 95 % intervals.
 - :func:`targeting_figure(report, hardened=None) <targeting_figure>` -- Fig. 3: % of examples whose attack moves
-  S more than S', on raw and normalized distances.
+  S more than S', on raw and normalized distances, at the Conv output or the activation (``targeting_at``).
 - :func:`save_figures(report, directory, hardened=None) <save_figures>` -- PNG files named as in
   :data:`FIGURE_FILES`; returns the paths written.
+- :func:`targeting_at` -- where the targeting compared the first layer (``conv`` or ``activation``).
 - :func:`attack_series`, :func:`available_figures`, :func:`draw_figure`, :func:`figure_png`,
   :func:`require_matplotlib`, :func:`check_plots_dir`.
 
@@ -127,6 +128,17 @@ def epsilon_label(report: Report) -> str:
 def attack_name(report: Report) -> str:
     """The attack of the report's sweep as printed in figures: ``FGSM`` (``harden``, default) or ``PGD``."""
     return "FGSM" if report.get("command") == "harden" else _attack_key(report).upper()
+
+
+def targeting_at(report: Report) -> dict[str, Any]:
+    """Where the report's targeting compared the first layer: ``{"site", "tensor", "after"}`` (``site`` is
+    ``conv`` or ``activation``); reports written before ``--targeting-at`` existed measured at ``conv``."""
+    value = report.get("targeting_at") or {}
+    return {
+        "site": str(value.get("site") or "conv"),
+        "tensor": value.get("tensor"),
+        "after": list(value.get("after") or []),
+    }
 
 
 def attack_series(report: Report, hardened: Report | None = None) -> list[AttackSeries]:
@@ -419,13 +431,22 @@ def targeting_figure(report: Report, hardened: Report | None = None) -> Figure:
     fig.legend(loc="outside lower center", fontsize=9.5, frameon=False, ncols=2)
     n = series[0].n
     images = "held-out images" if report.get("command") == "harden" else "images"
+    site = targeting_at(report)
+    ops = [str(entry).split(":", 1)[0] for entry in site["after"]]
+    if site["site"] == "activation":
+        what = "activations" + (f" (after {_plain(', '.join(ops), limit=1000)})" if ops else " (= Conv outputs)")
+        where = "at the activation"
+    else:
+        what, where = "Conv outputs", "at the Conv output"
     ax.set_title(
-        f"attacks S: {attack_name(report)} moves the outputs of S (fragile) more than those of S' (null), by mean L2 "
+        f"attacks S: {attack_name(report)} moves the {what} of S (fragile) more than those of S' (null), by mean L2 "
         "distance" + (f"; {n} {images}" if n else ""),
         fontsize=10,
         color="#444444",
     )
-    fig.suptitle("Fig. 3 — Adversarial targeting: % of examples attacking S vs ε", fontsize=13, fontweight="bold")
+    fig.suptitle(
+        f"Fig. 3 — Adversarial targeting {where}: % of examples attacking S vs ε", fontsize=13, fontweight="bold"
+    )
     return fig
 
 
