@@ -24,7 +24,7 @@ LINEAR_NOTE = (
     "kernel's distance scales with ε and the S-vs-S′ comparison changes only where clipping at the pixel bounds "
     "(or, for PGD, the ε-dependent direction) changes the perturbation; a flat line is the expected result, not "
     "a fault. --targeting-at activation compares the tensor after the ops that follow the Conv, where the "
-    "non-linearity makes it depend on ε."
+    "non-linearity can make it depend on ε."
 )
 
 

@@ -582,7 +582,7 @@ def _fig3_caption(report: Report) -> str:
     )
     if site["site"] == "activation":
         return text + (
-            "After the non-linearity the comparison depends on ε (units switch on or off as the perturbation "
+            "After the non-linearity the comparison can depend on ε (units switch on or off as the perturbation "
             "grows). At the Conv output (--targeting-at conv, the paper's) it would not: there y − y′ = "
             "conv_W(x − x′), so under FGSM every kernel's distance scales with ε and only clipping at the pixel "
             "bounds moves the share."

@@ -406,6 +406,7 @@ def targeting_figure(report: Report, hardened: Report | None = None) -> Figure:
     ax = fig.add_subplot()
     _style_axes(ax)
     count = len(series)
+    norm_of = "activation" if targeting_at(report)["site"] == "activation" else "output"
     for s in series:
         color, marker, width, z = SERIES_STYLE[s.label]
         style = {"color": color, "marker": marker, "markersize": 4.5, "zorder": z}
@@ -416,7 +417,7 @@ def targeting_figure(report: Report, hardened: Report | None = None) -> Figure:
         ax.plot(eps, raw, linewidth=width, label=f"{name}, raw distances", **style)
         ax.plot(
             eps, normalized, linewidth=width * 0.8, linestyle="--", markerfacecolor="white",
-            label=f"{name}, distances normalized by the clean output norm", **style,
+            label=f"{name}, distances normalized by the clean {norm_of} norm", **style,
         )  # fmt: skip
     positive = [float(t["epsilon"]) for s in series for t in s.targeting if float(t["epsilon"]) > 0]
     if positive and max(positive) / min(positive) > 20:
