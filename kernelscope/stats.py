@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.stats import binomtest
 
@@ -67,3 +69,65 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -
     centre = (p + z * z / (2 * trials)) / denominator
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
     return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two models judged on the same images: accuracy before and after, and whether the change is real.
+
+    ``p_value`` is the two-sided exact McNemar test on the discordant images; ``ci95`` the Agresti–Min
+    adjusted Wald interval for the difference of the paired proportions (after − before), which keeps its
+    coverage with few discordant pairs (Agresti & Min, 2005).
+    """
+
+    n: int
+    before: int  # images right before
+    after: int  # images right after
+    gained: int  # wrong before, right after
+    lost: int  # right before, wrong after
+    p_value: float
+    ci95: tuple[float, float]
+
+    @property
+    def difference(self) -> float:
+        """after − before, as a share of the images."""
+        return (self.after - self.before) / self.n if self.n else 0.0
+
+    @property
+    def significant(self) -> bool:
+        """Whether the change is significant at the 5 % level (McNemar)."""
+        return self.p_value < 0.05
+
+    def describe(self) -> str:
+        """E.g. "+3.2 points (95 % CI +1.0 to +5.4; McNemar p = 0.004, significant)"."""
+        low, high = self.ci95
+        verdict = "significant" if self.significant else "not significant"
+        return (
+            f"{100 * self.difference:+.1f} points (95 % CI {100 * low:+.1f} to {100 * high:+.1f}; McNemar p = "
+            f"{self.p_value:.3g}, {verdict})"
+        )
+
+
+def paired_comparison(before: np.ndarray, after: np.ndarray, z: float = 1.959963984540054) -> PairedComparison:
+    """Compare per-image correctness (two boolean arrays over the same images)."""
+    before = np.asarray(before, dtype=bool)
+    after = np.asarray(after, dtype=bool)
+    if before.shape != after.shape:
+        raise ValueError(f"paired outcomes need the same images, got {before.shape} and {after.shape}")
+    n = int(before.size)
+    gained = int(np.count_nonzero(~before & after))
+    lost = int(np.count_nonzero(before & ~after))
+    # Agresti–Min: add 1/2 to every cell of the 2x2 table (so 2 to n) before the Wald interval.
+    g, c, m = gained + 0.5, lost + 0.5, n + 2.0
+    d = (g - c) / m
+    se = np.sqrt(max((g + c) - (g - c) ** 2 / m, 0.0)) / m
+    low, high = max(-1.0, d - z * se), min(1.0, d + z * se)
+    return PairedComparison(
+        n=n,
+        before=int(before.sum()),
+        after=int(after.sum()),
+        gained=gained,
+        lost=lost,
+        p_value=mcnemar_exact(lost, gained),
+        ci95=(float(low), float(high)),
+    )

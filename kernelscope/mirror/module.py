@@ -120,6 +120,35 @@ class OnnxMirror(torch.nn.Module):
         """True when ``name`` is a tensor the mirror computes (a node output), i.e. one ``run`` can return."""
         return name in self._producer
 
+    def constant(self, name: str) -> torch.Tensor:
+        """The current value of initializer (or ``Constant``) ``name`` as the mirror holds it."""
+        store = {**self._buffers, **self._parameters}
+        return store[self._buffer_of[name]]
+
+    def make_trainable(self, names: Sequence[str]) -> dict[str, torch.nn.Parameter]:
+        """Turn the named initializers into ``nn.Parameter`` (everything else stays a constant buffer).
+
+        Returns ``{initializer name: parameter}``; ``run`` then computes with the parameters, so gradients
+        of any output reach them. Non-float tensors cannot become parameters.
+        """
+        made: dict[str, torch.nn.Parameter] = {}
+        for name in names:
+            key = self._buffer_of.get(name)
+            if key is None:
+                raise KeyError(f"the mirror has no initializer named {name!r}")
+            if key in self._parameters:
+                made[name] = self._parameters[key]
+                continue
+            value = self._buffers.pop(key)
+            self._non_persistent_buffers_set.discard(key)
+            if not value.is_floating_point():
+                self._buffers[key] = value
+                raise ValueError(f"initializer {name!r} is {value.dtype}, not a float tensor: it cannot be tuned")
+            parameter = torch.nn.Parameter(value.detach().clone())
+            self.register_parameter(key, parameter)
+            made[name] = parameter
+        return made
+
     def _add_constant(self, name: str, value: torch.Tensor) -> None:
         buffer = f"_const{len(self._buffer_of)}"
         self.register_buffer(buffer, value, persistent=False)
@@ -145,7 +174,8 @@ class OnnxMirror(torch.nn.Module):
     def run(self, feeds: dict[str, torch.Tensor], outputs: Sequence[str]) -> dict[str, torch.Tensor]:
         """Run the graph on ``feeds`` and return the named tensors (graph outputs or any intermediate)."""
         wanted = tuple(outputs)
-        env: dict[str, torch.Tensor] = {name: self._buffers[b] for name, b in self._buffer_of.items()}
+        store = {**self._buffers, **self._parameters}  # constants, and the ones made trainable
+        env: dict[str, torch.Tensor] = {name: store[b] for name, b in self._buffer_of.items()}
         for name, value in feeds.items():
             env[name] = as_float(value, self.dtype) if value.is_floating_point() else value
         for step in self._plan(wanted):
