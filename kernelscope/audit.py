@@ -491,6 +491,9 @@ def _attack_warnings(attack: AttackReport) -> list[str]:
     sweep = attack.sweep
     if sweep.nonfinite_gradient_images:
         notes.append(f"{sweep.nonfinite_gradient_images} image(s) had non-finite input gradients (set to 0)")
+    note = loss_usage_note(sweep.loss_usage, sweep.name)
+    if note:
+        notes.append(note)
     if sweep.zero_gradient_images:
         notes.append(
             f"{sweep.zero_gradient_images} image(s) had an all-zero input gradient at the clean image: "
@@ -498,6 +501,27 @@ def _attack_warnings(attack: AttackReport) -> list[str]:
             "gradient masking), so their robustness is overstated"
         )
     return notes
+
+
+def loss_usage_note(usage: dict[str, int] | None, attack: str = "fgsm") -> str | None:
+    """One line on the images whose cross-entropy gradient vanished (saturated softmax) and the loss that
+    moved them instead; None when every image used the cross-entropy."""
+    if not usage:
+        return None
+    ce64, margin, none = (usage.get(k, 0) for k in ("cross_entropy_float64", "logit_margin", "none"))
+    if not (ce64 or margin or none):
+        return None
+    total = sum(usage.values())
+    parts = []
+    if ce64:
+        parts.append(f"{ce64} the cross-entropy gradient computed in float64")
+    if margin:
+        parts.append(f"{margin} the logit margin max_j≠y z_j − z_y")
+    text = f"the float32 cross-entropy gradient is exactly zero for {ce64 + margin + none} of {total} image(s) "
+    text += "(saturated softmax)"
+    if parts:
+        text += f"; {attack.upper()} used " + " and ".join(parts) + " instead"
+    return text + (f"; no loss moves {none} of them" if none else "")
 
 
 def _attack_verdict(attack: AttackReport) -> str:

@@ -16,9 +16,13 @@ import onnx
 from kernelscope.attacks.fgsm import default_epsilons
 from kernelscope.attacks.gradients import (
     InputGradient,
+    SoftmaxInput,
+    attack_objective,
+    margin_objective,
     model_input_from_unit_pixels,
     per_example_loss,
     precise_cross_entropy,
+    softmax_input,
 )
 from kernelscope.attacks.pgd import Objective, PgdSettings
 from kernelscope.attacks.sweep import SweepResult, check_epsilons, fgsm_sweep, pgd_sweep
@@ -253,7 +257,8 @@ def run_attack(
     values = check_epsilons(values, bounds)
     site = targeting_site(batching.proto, layer, targeting_at)
     evaluator = OnnxEvaluator(batching, image_input, output, site, providers, threads)
-    gradient = InputGradient(prepared.mirror, data.preprocessing, prepared.preflight.loss)
+    module, loss = _attack_module(prepared, batching.proto, output)
+    gradient = InputGradient(module, data.preprocessing, loss)
     if not batching.batchable:
         gradient = _FixedBatchGradient(gradient, batching.fixed_batch or 1)
     if settings is None:
@@ -263,7 +268,7 @@ def run_attack(
         )  # fmt: skip
     else:
         chunk = None if batching.batchable else (batching.fixed_batch or 1)
-        objectives = LossObjective(prepared.mirror, data.preprocessing, prepared.preflight.loss, chunk)
+        objectives = LossObjective(module, data.preprocessing, loss, chunk)
         result = pgd_sweep(
             objectives, gradient, evaluator, data, values, settings=settings, fragile=fragile, null=null,
             bounds=bounds, batch_size=batch_size, seed=seed, loss=prepared.preflight.loss, progress=progress,
@@ -271,6 +276,17 @@ def run_attack(
         )  # fmt: skip
     note = targeting_site_note(batching.proto, layer, targeting_at, site)
     return AttackReport(prepared.check, prepared.preflight, result, source, targeting_at, site, note)
+
+
+def _attack_module(prepared: PreparedAttack, proto: onnx.ModelProto, output: str):  # -> (module, loss name)
+    """The module and loss the attack differentiates: for probabilities made by a final Softmax, its input with
+    cross-entropy (the same loss as −log p[label], without probabilities that round to one-hot)."""
+    mirror = prepared.mirror
+    if prepared.preflight.loss == "nll_of_probabilities":
+        tensor = softmax_input(proto, output)
+        if tensor is not None and hasattr(mirror, "computes") and mirror.computes(tensor):
+            return SoftmaxInput(mirror, tensor), "cross_entropy"
+    return mirror, prepared.preflight.loss
 
 
 @dataclass
@@ -310,11 +326,17 @@ class LossObjective:
 
         def objective(x01):  # (torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
             outputs = self.outputs(x01)
-            value = per_example_loss(outputs, target, self.loss)
+            # ascend a loss whose gradient does not vanish on saturated outputs (float64 CE, then the margin)
+            value, _ = attack_objective(outputs, target, self.loss)
             if self.loss != "cross_entropy":
-                return value, value.detach().double()
-            # The same loss in float64 picks the kept iterate: float32 ties at 0 on confident images.
-            return value, precise_cross_entropy(outputs, target)
+                criterion = per_example_loss(outputs, target, self.loss).detach().double()
+            else:
+                # The same loss in float64 picks the kept iterate: float32 ties at 0 on confident images.
+                criterion = precise_cross_entropy(outputs, target)
+            # Where even that is 0, the (negative) logit margin still ranks the iterates; it is below any
+            # positive loss, so an iterate with a measurable loss always wins.
+            margin = margin_objective(outputs.detach(), target, self.loss).double()
+            return value, torch.where(criterion > 0, criterion, margin)
 
         return objective
 
@@ -326,13 +348,19 @@ class _FixedBatchGradient:
     inner: InputGradient
     size: int
 
+    @property
+    def usage(self):  # kernelscope.attacks.gradients.LossUsage
+        """The inner gradient's loss counts (padding images are not counted)."""
+        return self.inner.usage
+
     def __call__(self, x01: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         grads, outputs = [], []
         for start, chunk, real in fixed_chunks(x01, self.size):
             own = labels[start : start + real]
             # Padding repeats the last image; its loss term does not touch the real images' gradients.
             chunk_labels = np.concatenate([own, np.repeat(own[-1:], self.size - real)])
-            g, o = self.inner(chunk, chunk_labels)
+            g, o, kinds = self.inner.with_losses(chunk, chunk_labels)
+            self.inner.usage.add(kinds[:real])
             grads.append(g[:real])
             outputs.append(o[:real])
         return np.concatenate(grads), np.concatenate(outputs)

@@ -74,6 +74,9 @@ class SweepResult:
     seconds_evaluation: float
     name: str = "fgsm"
     pgd: PgdSettings | None = None  # the settings, for a PGD sweep
+    #: images per attack loss at the clean images (keys of ``gradients.ATTACK_LOSSES``: ``cross_entropy``,
+    #: ``cross_entropy_float64``, ``logit_margin``, ``none``); None when the gradient function does not count
+    loss_usage: dict[str, int] | None = None
 
     @property
     def fgsm(self) -> list[EpsilonAccuracy]:
@@ -130,8 +133,14 @@ def _sweep(
     description: str,
     pgd_settings: PgdSettings | None = None,
     targeting_at: str = "conv",
+    gradient: object = None,
 ) -> SweepResult:
-    """Accuracy and targeting counts of every ε; ``attack`` yields the deployed model's outputs per ε > 0."""
+    """Accuracy and targeting counts of every ε; ``attack`` yields the deployed model's outputs per ε > 0.
+
+    ``gradient``: the clean-point gradient function; when it counts the losses it used (a ``usage`` attribute,
+    see :class:`kernelscope.attacks.gradients.InputGradient`), the sweep reports this sweep's share of them."""
+    usage = getattr(gradient, "usage", None)
+    usage_before = usage.snapshot() if usage is not None else None
     correct = np.zeros(len(eps), dtype=np.int64)
     raw_hits = np.zeros(len(eps), dtype=np.int64)
     normalized_hits = np.zeros(len(eps), dtype=np.int64)
@@ -170,6 +179,9 @@ def _sweep(
         seconds_evaluation=clock.evaluation,
         name=name,
         pgd=pgd_settings,
+        loss_usage=(
+            {k: v - usage_before.get(k, 0) for k, v in usage.snapshot().items()} if usage is not None else None
+        ),
     )
 
 
@@ -217,6 +229,7 @@ def fgsm_sweep(
         "fgsm", attack, clock, stats, evaluator, data, eps, fragile=fragile, null=null, bounds=bounds,
         batch_size=batch_size, progress=progress,
         description=f"FGSM sweep, {len(eps)} epsilons on {len(data)} images", targeting_at=targeting_at,
+        gradient=gradient,
     )  # fmt: skip
 
 
@@ -282,7 +295,7 @@ def pgd_sweep(
     return _sweep(
         "pgd", attack, clock, stats, evaluator, data, eps, fragile=fragile, null=null, bounds=bounds,
         batch_size=batch_size, progress=progress, description=description, pgd_settings=settings,
-        targeting_at=targeting_at,
+        targeting_at=targeting_at, gradient=gradient,
     )  # fmt: skip
 
 

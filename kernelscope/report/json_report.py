@@ -238,6 +238,7 @@ def _attack_dict(report: InspectReport) -> dict[str, Any]:
             "inference_only_ops": attack.preflight.inference_only_ops,
             "zero_gradient_images": sweep.zero_gradient_images,
             "nonfinite_gradient_images": sweep.nonfinite_gradient_images,
+            "loss_usage": sweep.loss_usage,
             "pgd": None if settings is None else pgd_settings_dict(settings),
         },
     }
