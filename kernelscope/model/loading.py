@@ -6,6 +6,7 @@ The input file is only ever opened for reading. Everything after loading works o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -199,7 +200,8 @@ def _torchscript_to_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tup
         )
     extra_files = {TORCHSCRIPT_EXTRA: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
+        with _native_stderr_silenced():  # e.g. torch's C++ deprecation warning on quantized weights
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
     except Exception as exc:
         raise ModelError(f"{path} could not be loaded as TorchScript: {_torch_reason(exc)}") from None
     module.eval()
@@ -221,10 +223,23 @@ def _torchscript_to_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tup
         raise UsageError(f"invalid input shape {shape!r}; expected integers like 1,3,32,32") from None
     if len(shape) != 4 or any(s <= 0 for s in shape):
         raise UsageError(f"input shape {shape} must be 4 positive integers (N,C,H,W or N,H,W,C)")
+    blocking = _unexportable_ops(module)
+    if blocking:
+        raise ModelError(
+            f"{path}: the TorchScript model uses {', '.join(blocking)}, which torch.onnx cannot export, and "
+            "inspect, harden and neurons all run on the ONNX export; export the float model to ONNX before "
+            "quantizing it (onnxruntime.quantization.quantize_dynamic then quantizes the ONNX file), or save "
+            "the unquantized module with torch.jit.save"
+        )
     dummy = torch.zeros(shape, dtype=torch.float32)
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        # the exporter prints the whole Torch IR graph when it fails: keep the error one line
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
@@ -247,6 +262,44 @@ def _torchscript_to_onnx(path: Path, input_shape: tuple[int, ...] | None) -> tup
             entry.key = f"kernelscope.{key}"
             entry.value = value if isinstance(value, str) else json.dumps(value)
     return proto, extra
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Send file descriptor 2 (where torch's C++ code writes warnings) to /dev/null for the block."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+#: TorchScript op namespaces torch.onnx has no export for (eager-mode quantization: quantize_dynamic, packed params).
+_UNEXPORTABLE_PREFIXES = ("quantized::", "_quantized::")
+
+
+def _unexportable_ops(module) -> list[str]:
+    """The distinct TorchScript ops of ``module`` (submodules inlined) that torch.onnx cannot export, sorted."""
+    try:
+        graph = module.inlined_graph
+    except Exception:  # not every ScriptModule exposes a graph
+        return []
+    found: set[str] = set()
+    stack = [graph]
+    while stack:
+        for node in stack.pop().nodes():
+            kind = node.kind()
+            if kind.startswith(_UNEXPORTABLE_PREFIXES):
+                found.add(kind)
+            stack.extend(node.blocks())
+    return sorted(found)
 
 
 def _torch_reason(exc: Exception) -> str:

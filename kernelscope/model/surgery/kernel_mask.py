@@ -34,6 +34,8 @@ MASK_INPUT = "kernelscope_kernel_mask"
 
 DROP_MODES = ("weights", "channel")
 
+_EIGHT_BIT = (TensorProto.UINT8, TensorProto.INT8)
+
 #: Element-wise activations that may directly follow a convolution (``--drop channel`` passes them).
 ACTIVATIONS = {
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
@@ -152,6 +154,11 @@ def find_mask_site(
                 break
     if commute:
         for _ in range(16):
+            # Never move the mask onto an 8-bit tensor: past QLinearConv's output (whose scale and zero point
+            # make the dequantize-mask-quantize exact) an 8-bit MaxPool or Relu output has no quantization
+            # parameters of its own to mask it with.
+            if elem_types.get(current) in _EIGHT_BIT or (current == layer.output and layer.op_type == "QLinearConv"):
+                break
             node = _single_consumer(index, current, outputs)
             if node is None or not _commutes(index, node, current):
                 break
@@ -162,7 +169,7 @@ def find_mask_site(
             TensorProto.INT32 if current == layer.output and layer.op_type == "ConvInteger" else TensorProto.FLOAT
         )
     quant = None
-    if elem_type in (TensorProto.UINT8, TensorProto.INT8):
+    if elem_type in _EIGHT_BIT:
         producer = index.node(index.producer[current])
         if producer.op_type == "QLinearConv":
             quant = (producer.input[6], producer.input[7])
@@ -170,7 +177,9 @@ def find_mask_site(
             quant = (producer.input[1], producer.input[2])
         else:
             raise ModelError(
-                f"cannot mask the 8-bit tensor {current!r} produced by {producer.op_type}; use --drop weights"
+                f"cannot mask the 8-bit tensor {current!r} produced by {producer.op_type} (it has no scale and "
+                "zero point of its own); --drop channel needs a float tensor or a QuantizeLinear / QLinearConv "
+                "output after the convolution"
             )
     return MaskSite(current, tuple(passed), elem_type, quant)
 
