@@ -122,7 +122,7 @@ def test_forced_noise_on_the_example_writes_the_exact_transform(tmp_path, capsys
 
 
 def test_no_improvement_writes_nothing_and_exits_1(tmp_path, capsys, monkeypatch):
-    import kernelscope.harden as harden
+    import kernelscope.harden.pipeline as harden
 
     # A filter that changes nothing cannot beat the original: the honest answer is "no", and no file.
     monkeypatch.setattr(harden, "filter_weights", lambda w, f, n, level, mode: (w, _identity_filter(level, mode, f, n)))
@@ -130,7 +130,8 @@ def test_no_improvement_writes_nothing_and_exits_1(tmp_path, capsys, monkeypatch
     code = main(["harden", str(MODEL), "--data", str(SAMPLE), "-o", str(out), "--limit", "120", "--sweep", "0.01"])
     captured = capsys.readouterr()
     assert code == 1
-    assert "No candidate noise level beat the original" in captured.out
+    assert "No candidate beat the original" in captured.out
+    assert "(no-op)" in captured.out  # every candidate is shown as the no-op it is
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
@@ -193,10 +194,39 @@ def test_external_data_is_kept(built_zoo, tmp_path, capsys):
     np.savez(data, x=images, y=labels)
     out = tmp_path / "h.onnx"
     code = main(
-        ["harden", str(model.path), "--data", str(data), "-o", str(out), "--noise", "0.01", "--sweep", "0.05", "-q"]
+        ["harden", str(model.path), "--data", str(data), "-o", str(out), "--noise", "10", "--sweep", "0.05", "-q"]
     )
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "h.onnx.data").exists()
     stored = onnx.load(str(out), load_external_data=False)
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in stored.graph.initializer)
     onnx.checker.check_model(str(out))
+
+
+def test_forced_no_op_noise_level_writes_nothing_unless_forced(tmp_path, capsys):
+    # ε_n = 0 with the hard threshold keeps every singular value and gives α = 1: the weights do not change.
+    out, report = tmp_path / "h.onnx", tmp_path / "h.json"
+    args = ["harden", str(MODEL), "--data", str(SAMPLE), "-o", str(out), "--noise", "0", "--limit", "120"]
+    args += ["--sweep", "0.01", "--pgd-steps", "2", "--pgd-restarts", "1", "--json", str(report)]
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 1
+    error = captured.err.strip().splitlines()[-1]
+    assert error.startswith("kernelscope: error:") and "no-op" in error
+    assert not out.exists()
+    doc = json.loads(report.read_text())["harden"]
+    assert doc["no_op"] is True and doc["changed_initializers"] == []
+    level = doc["first_change_level"]
+    assert level > 0 and f"{level:.4g}" in " ".join(captured.out.split())  # the level that would act is shown
+    # The level it names really is where the filter starts to drop a singular value.
+    from kernelscope.harden.svd import filter_weights
+
+    layer_weight = onnx.numpy_helper.to_array(
+        next(t for t in onnx.load(str(MODEL)).graph.initializer if t.name == "onnx::Conv_37")
+    )
+    full = json.loads(report.read_text())
+    below = filter_weights(layer_weight, full["fragile"], full["null"], level * 0.999)[1]
+    above = filter_weights(layer_weight, full["fragile"], full["null"], level * 1.001)[1]
+    assert below.kept_singular_values == below.m and above.kept_singular_values == below.m - 1
+    assert main([*args, "--force-write", "--force"]) == 0
+    assert out.exists()

@@ -44,6 +44,43 @@ def harden_command(
     val_fraction: Annotated[
         float, typer.Option(help="Share of the images used to search; the rest judges the result.")
     ] = 0.5,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="svd (the paper's first-layer transform), jacobian (Fidel et al. / Jakubovitz & Giryes), "
+            "sensitivity (Suri & Evans), adversarial (FGSM-RS with a TRADES-style clean term), or all."
+        ),
+    ] = "svd",
+    tune: Annotated[
+        str, typer.Option(help="Weights fine-tuning moves: all (every float Conv/Gemm/MatMul) or first-conv.")
+    ] = "all",
+    tune_batchnorm: Annotated[
+        bool, typer.Option("--tune-batchnorm", help="Also tune BatchNormalization scale and shift.")
+    ] = False,
+    train_data: Annotated[
+        str | None,
+        typer.Option(help="Labelled training images for fine-tuning (what --data takes; default: its train split)."),
+    ] = None,
+    train_split: Annotated[str, typer.Option(help="Split of --train-data to read.")] = "train",
+    train_limit: Annotated[
+        int | None, typer.Option(help="A seeded random subset of this many training images (default 5000).")
+    ] = 5000,
+    epochs: Annotated[int, typer.Option(help="Fine-tuning epochs; every epoch is a candidate.")] = 3,
+    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (Adam).")] = 1e-4,
+    strengths: Annotated[
+        str | None,
+        typer.Option(help="Grid of the fine-tuning methods' strength, e.g. 0.1,1 (default: per method, see docs)."),
+    ] = None,
+    lambda_s: Annotated[float, typer.Option(help="λ_S of the jacobian method's neuron-sensitivity term.")] = 0.1,
+    pgd_steps: Annotated[int, typer.Option(help="Steps of the held-out judgement's L∞ PGD.")] = 20,
+    pgd_restarts: Annotated[int, typer.Option(help="Random restarts of the held-out judgement's PGD.")] = 2,
+    force_write: Annotated[
+        bool,
+        typer.Option(
+            "--force-write",
+            help="Write the chosen model even when the held-out images do not confirm it or it changes nothing.",
+        ),
+    ] = False,
     data_dir: opt.DataDirOption = None,
     split: opt.SplitOption = "test",
     download: opt.DownloadOption = True,
@@ -54,6 +91,7 @@ def harden_command(
     output: opt.OutputOption = None,
     input_shape: opt.InputShapeOption = None,
     drop: opt.DropOption = "weights",
+    targeting_at: opt.TargetingAtOption = "conv",
     eps_sweep: opt.EpsSweepOption = "lin",
     bounds: opt.BoundsOption = "0,1",
     atol: opt.AtolOption = None,
@@ -73,8 +111,10 @@ def harden_command(
 ) -> None:
     """SVD-filter the null kernels and amplify the fragile ones of the first Conv; measure before/after."""
     # Heavy libraries (torch, onnx, onnxruntime) load only when the command runs, so --help stays instant.
+    from kernelscope.attacks.pgd import PgdSettings
     from kernelscope.cli.render import render_harden
     from kernelscope.harden import HardenConfig, harden_model, write_hardened
+    from kernelscope.harden.finetune import FinetuneSettings
     from kernelscope.report.json_report import harden_to_dict
 
     check_output_path(out, force=force, inputs=(model,))
@@ -86,6 +126,7 @@ def harden_command(
         input_shape=input_shape, drop=drop, limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean,
         std=std, layout=layout, size=size, channels=channels, device=device, threads=threads, bootstrap=0,
         epsilons=sweep, epsilons_option="--sweep", eps_sweep=eps_sweep, bounds=bounds, atol=atol,
+        targeting_at=targeting_at,
     )  # fmt: skip
     config = HardenConfig(
         inspect=inspect,
@@ -94,6 +135,17 @@ def harden_command(
         clean_budget=clean_budget,
         audit_epsilon=eps,
         val_fraction=val_fraction,
+        method=method.lower(),
+        tune=tune.lower(),
+        tune_batchnorm=tune_batchnorm,
+        train_data=train_data,
+        train_split=train_split,
+        train_limit=train_limit,
+        finetune=FinetuneSettings(epochs=epochs, learning_rate=lr, batch_size=batch_size, seed=seed),
+        strengths=opt.parse_floats(strengths, "--strengths") if strengths is not None else None,
+        lambda_s=lambda_s,
+        pgd=PgdSettings(norm="linf", steps=pgd_steps, random_start=True, restarts=pgd_restarts),
+        force_write=force_write,
     )
     report = harden_model(model, config, progress=progress_for(quiet))
     if report.hardened is not None:
@@ -101,6 +153,17 @@ def harden_command(
     render_harden(console(), report, quiet=quiet)
     write_report_outputs(lambda: harden_to_dict(report, inspect), json_path, html_path, plots_dir, quiet=quiet)
     if report.hardened is None:
-        raise AuditFailed(
-            "no noise level improved FGSM accuracy on the validation split within the clean budget; nothing written"
+        raise AuditFailed(_failure(report))
+
+
+def _failure(report) -> str:
+    """The one-line reason for exit code 1."""
+    if report.chosen is None:
+        return (
+            "no candidate improved worst-case accuracy on the validation split within the clean budget; nothing written"
         )
+    if report.no_op:
+        level = report.first_change_level
+        hint = f" (the SVD filter first changes a weight at --noise {level:.4g})" if level is not None else ""
+        return f"the chosen change leaves every weight as it was (a no-op); nothing written{hint}"
+    return "the held-out images do not confirm the validation pick; nothing written"

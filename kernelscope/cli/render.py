@@ -278,33 +278,22 @@ def render_harden(console: Console, report: HardenReport, quiet: bool = False) -
                     f"{inputs.data.dataset.source}",
                 ),
                 ("split", f"S (fragile) {report.scoring.fragile}; S' (null) {report.scoring.null} (on validation)"),
-                ("search", f"FGSM accuracy at ε = {report.audit_epsilon:g}, {report.svd_mode} threshold"),
+                (
+                    "search",
+                    f"method {report.method}; candidates ranked by worst-case accuracy at ε = "
+                    f"{report.audit_epsilon:g} within a {100 * report.clean_budget:g}-point clean budget",
+                ),
+                ("attacks", report.attacks),
             ],
         )
     )
     console.print()
-    search = Table(
-        title=f"Noise levels on validation (original: clean {report.original_validation[0]:.2%}, "
-        f"FGSM {report.original_validation[1]:.2%})",
-        title_justify="left",
-    )
-    for name in ("ε_n", "source", "τ", "α", "kept σ", "clean", "FGSM", "in budget"):
-        search.add_column(name, justify="right", no_wrap=True)
-    for c in report.candidates:
-        style = "bold green" if c is report.chosen else None
-        search.add_row(
-            f"{c.noise_level:.3g}",
-            c.source,
-            f"{c.tau:.3g}",
-            f"{c.alpha:.3f}",
-            str(c.kept_singular_values),
-            f"{c.val_clean_accuracy:.2%}",
-            f"{c.val_fgsm_accuracy:.2%}",
-            "yes" if c.within_budget else "no",
-            style=style,
-        )
-    console.print(search)
+    console.print(_candidates_table(report))
     console.print()
+    worst = _worst_case_table(report)
+    if worst is not None:
+        console.print(worst)
+        console.print()
     table = Table(title=f"Before / after on {report.n_evaluation} held-out images", title_justify="left")
     if report.before.targeting:
         from kernelscope.robustness import targeting_site
@@ -339,6 +328,68 @@ def render_harden(console: Console, report: HardenReport, quiet: bool = False) -
     if report.written:
         body.append(Text(f"wrote {', '.join(report.written)}", style="green"))
     console.print(Panel(Group(*body), title="Verdict", title_align="left"))
+
+
+def _candidates_table(report: HardenReport) -> Table:
+    """Every candidate as (clean, worst case) with the per-attack accuracies: the frontier, on validation."""
+    title = (
+        f"Candidates on {report.n_validation} validation images at ε = {report.audit_epsilon:g} (original: clean "
+        f"{report.original_validation[0]:.2%}, worst case {report.original_validation_worst or 0:.2%})"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("method", no_wrap=True)
+    table.add_column("setting", overflow="fold")
+    for name in ("clean", "FGSM", "PGD", "transfer", "worst", "in budget"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for c in report.candidates:
+        style = "bold green" if c is report.chosen else ("dim" if c.no_op else None)
+        table.add_row(
+            c.method,
+            c.label + (" (no-op)" if c.no_op else ""),
+            f"{c.val_clean_accuracy:.2%}",
+            f"{c.val_fgsm_accuracy:.2%}",
+            f"{c.val_pgd_accuracy:.2%}",
+            f"{c.val_transfer_accuracy:.2%}",
+            f"{c.val_worst_accuracy:.2%}",
+            "yes" if c.within_budget else "no",
+            style=style,
+        )
+    table.caption = "The chosen candidate is in bold green; worst = right clean and under FGSM, PGD and transfer."
+    return table
+
+
+def _worst_case_table(report: HardenReport) -> Table | None:
+    """Held-out before / after per attack, with McNemar's p and the interval of the difference."""
+    before = report.before.robustness
+    if before is None:
+        return None
+    after = report.after.robustness if report.after else None
+    table = Table(
+        title=f"Worst case on {report.n_evaluation} held-out images at ε = {report.audit_epsilon:g}",
+        title_justify="left",
+    )
+    for name in ("attack", "before", "after", "change", "95 % CI", "McNemar p", ""):
+        table.add_column(name, justify="right" if name not in ("attack", "") else "left", no_wrap=True)
+    names = {"clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "transfer": "transfer", "worst": "worst case"}
+    for attack in before.attacks:
+        comparison = report.change.comparisons.get(attack) if report.change else None
+        if comparison is None or after is None:
+            table.add_row(names[attack], f"{before.accuracy(attack):.1%}", "–", "", "", "", "")
+            continue
+        low, high = comparison.ci95
+        table.add_row(
+            names[attack],
+            f"{before.accuracy(attack):.1%}",
+            f"{after.accuracy(attack):.1%}",
+            f"{100 * comparison.difference:+.1f}",
+            f"{100 * low:+.1f} to {100 * high:+.1f}",
+            f"{comparison.p_value:.3g}",
+            "significant" if comparison.significant else "not significant",
+        )
+    table.caption = (
+        "Change in points (after − before) on the same images; p: exact McNemar test on the discordant images."
+    )
+    return table
 
 
 def _size(value: float) -> str:

@@ -244,3 +244,24 @@ def _check_indices(indices: Sequence[int], c_out: int, name: str) -> tuple[int, 
     if bad:
         raise ValueError(f"{name} kernel indices out of range 0..{c_out - 1}: {bad}")
     return values
+
+
+def first_change_level(weight: np.ndarray, null: Sequence[int], mode: str = "hard") -> float:
+    """The noise level at which the filter starts to change anything (below it, ``hard`` is a no-op).
+
+    ``hard`` keeps σ ≥ τ, so the smallest non-zero singular value of ``K'`` is first dropped once
+    ``ε_n > σ_min / (λ(β)·√n)``; ``cap`` lowers σ > τ, so it changes the largest one as soon as
+    ``ε_n < σ_max / (λ(β)·√n)``: the value returned is that boundary, in either mode.
+    """
+    s, m, n = _null_spectrum(weight, null)
+    tol = s[0] * n * np.finfo(np.float64).eps if s.size else 0.0
+    nonzero = s[s > tol]
+    if nonzero.size == 0:
+        return math.inf if mode == "hard" else 0.0
+    scale = gd_lambda(m / n) * math.sqrt(n)
+    return float((nonzero[-1] if mode == "hard" else nonzero[0]) / scale)
+
+
+def is_identity(info: NullFilter) -> bool:
+    """Whether the filter left every singular value as it was and α = 1: the weights did not change."""
+    return info.alpha == 1.0 and info.singular_values == info.filtered_singular_values

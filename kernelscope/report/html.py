@@ -646,41 +646,75 @@ def harden_blocks(report: Report) -> list[Block]:
     """The hardening parameters and the noise-level search on the validation part."""
     h = report.get("harden") or {}
     original = h.get("original_validation") or {}
+    chosen = h.get("chosen") or {}
     params = [
-        ("noise level ε_n", "–" if h.get("noise_level") is None else f"{h['noise_level']:.4g}"
-         + (" (forced)" if h.get("forced") else " (searched)")),
+        ("method", str(h.get("method", "svd"))),
+        ("chosen", str(chosen.get("setting", "nothing")) + (" (forced)" if h.get("forced") else "")),
+        ("noise level ε_n", "–" if h.get("noise_level") is None else f"{h['noise_level']:.4g}"),
         ("SVD mode", str(h.get("svd_mode"))),
         ("τ / α", f"{_g(h.get('tau'))} / {_g(h.get('alpha'))}"),
         ("kept σ / rank", f"{h.get('kept_singular_values', '–')} / {h.get('rank', '–')}"),
         ("audit ε", f"{h.get('audit_epsilon', 0):g}"),
+        ("attacks", str(h.get("attacks") or "–")),
         ("written", str(h.get("written") or "nothing")),
-    ]  # fmt: skip
+    ]
     rows = []
-    chosen = h.get("noise_level")
     for c in h.get("candidates") or []:
-        mark = "strong" if chosen is not None and c["noise_level"] == chosen else None
+        mark = "strong" if c.get("chosen") else None
         rows.append(
             [
-                Cell(f"{c['noise_level']:.3g}", mark),
-                Cell(str(c["source"]), mark),
-                f"{c['tau']:.3g}",
-                f"{c['alpha']:.3f}",
-                str(c["kept_singular_values"]),
+                Cell(str(c["method"]), mark),
+                Cell(str(c["setting"]) + (" (no-op)" if c.get("no_op") else ""), mark),
                 _pct(c["val_clean_accuracy"], 2),
                 _pct(c["val_fgsm_accuracy"], 2),
+                _pct(c.get("val_pgd_accuracy"), 2),
+                _pct(c.get("val_transfer_accuracy"), 2),
+                _pct(c.get("val_worst_accuracy"), 2),
                 Cell("yes", "good") if c["within_budget"] else Cell("no", "muted"),
             ]
         )
     search = Table(
-        ["ε_n", "source", "τ", "α", "kept σ", "clean", "FGSM", "in budget"],
+        ["method", "setting", "clean", "FGSM", "PGD", "transfer", "worst", "in budget"],
         rows,
-        caption=f"Noise levels tried on {h.get('validation_images')} validation images (original: clean "
-        f"{_pct(original.get('clean_accuracy'), 2)}, FGSM {_pct(original.get('fgsm_accuracy'), 2)} at ε = "
+        caption=f"Candidates tried on {h.get('validation_images')} validation images (original: clean "
+        f"{_pct(original.get('clean_accuracy'), 2)}, worst case {_pct(original.get('worst_accuracy'), 2)} at ε = "
         f"{h.get('audit_epsilon', 0):g})",
-        numeric=[0, 2, 3, 4, 5, 6],
-        note="The chosen level is in bold. A candidate qualifies when its clean accuracy stays within the budget and "
-        "its FGSM accuracy beats the original's.",
+        numeric=[2, 3, 4, 5, 6],
+        note="The chosen candidate is in bold. A candidate qualifies when its clean accuracy stays within the budget "
+        "and its worst-case accuracy (right clean and under FGSM, PGD and the transfer attack) beats the original's.",
     )
+    blocks: list[Block] = []
+    change = h.get("change") or {}
+    b_rob = (h.get("before") or {}).get("robustness") or {}
+    a_rob = (h.get("after") or {}).get("robustness") or {}
+    if b_rob:
+        names = {"clean": "clean", "fgsm": "FGSM", "pgd": "PGD", "transfer": "transfer", "worst": "worst case"}
+        worst_rows = []
+        for key, label in names.items():
+            if key not in b_rob:
+                continue
+            c = change.get(key)
+            worst_rows.append(
+                [
+                    label,
+                    _pct(b_rob[key]["accuracy"], 1),
+                    _pct(a_rob[key]["accuracy"], 1) if key in a_rob else "–",
+                    f"{100 * c['difference']:+.1f}" if c else "",
+                    f"{100 * c['ci95'][0]:+.1f} to {100 * c['ci95'][1]:+.1f}" if c else "",
+                    f"{c['p_value']:.3g}" if c else "",
+                    ("significant" if c["significant"] else "not significant") if c else "",
+                ]
+            )
+        blocks.append(
+            Table(
+                ["attack", "before", "after", "change (points)", "95 % CI", "McNemar p", ""],
+                worst_rows,
+                caption=f"Worst case on {h.get('evaluation_images')} held-out images at ε = "
+                f"{h.get('audit_epsilon', 0):g}",
+                numeric=[1, 2, 3, 4, 5],
+                note="Paired on the same images: exact McNemar test on the discordant images, Agresti–Min interval.",
+            )
+        )
     before, after = h.get("before") or {}, h.get("after") or {}
     clean = KeyValues(
         [
@@ -689,7 +723,7 @@ def harden_blocks(report: Report) -> list[Block]:
         ],
         caption=f"Clean accuracy on {h.get('evaluation_images')} held-out images",
     )
-    return [Row([KeyValues(params, caption="Hardening"), clean]), search]
+    return [Row([KeyValues(params, caption="Hardening"), clean]), search, *blocks]
 
 
 def _g(value: float | None) -> str:

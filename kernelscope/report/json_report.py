@@ -11,6 +11,9 @@ from kernelscope.attacks.sweep import EpsilonAccuracy, EpsilonTargeting
 from kernelscope.audit import DataSummary, InspectConfig, InspectReport, ModelSummary
 from kernelscope.fast_scoring import FastScoring
 from kernelscope.harden import HardenReport, Measurement
+from kernelscope.harden.evaluate import Robustness, RobustnessChange
+from kernelscope.harden.search import Candidate
+from kernelscope.mirror.trainable import TunableSelection
 from kernelscope.model.first_conv import ConvLayer
 from kernelscope.model.loading import TensorInfo
 from kernelscope.model.surgery.kernel_mask import MaskSite
@@ -272,6 +275,7 @@ def harden_to_dict(report: HardenReport, config: InspectConfig, *, include_timin
             "fgsm": fgsm_list(m.fgsm),
             "targeting": targeting_list(m.targeting),
             "mirror_relative_diff": m.mirror_relative_diff,
+            "robustness": robustness_dict(m.robustness),
         }
 
     info = report.filter
@@ -319,20 +323,32 @@ def harden_to_dict(report: HardenReport, config: InspectConfig, *, include_timin
             "original_validation": {
                 "clean_accuracy": report.original_validation[0],
                 "fgsm_accuracy": report.original_validation[1],
+                "worst_accuracy": report.original_validation_worst,
             },
-            "candidates": [
+            "method": report.method,
+            "chosen": candidate_dict(chosen, True) if chosen else None,
+            "clean_budget": report.clean_budget,
+            "attacks": report.attacks,
+            "change": change_dict(report.change),
+            "confirmed": report.confirmed,
+            "no_op": report.no_op,
+            "first_change_level": _finite(report.first_change_level) if report.first_change_level is not None else None,
+            "tuned": tuned_dict(report.tunable),
+            "train_data": report.train,
+            "runs": [
                 {
-                    "noise_level": c.noise_level,
-                    "source": c.source,
-                    "tau": c.tau,
-                    "alpha": c.alpha,
-                    "kept_singular_values": c.kept_singular_values,
-                    "val_clean_accuracy": c.val_clean_accuracy,
-                    "val_fgsm_accuracy": c.val_fgsm_accuracy,
-                    "within_budget": c.within_budget,
+                    "method": r.method,
+                    "setting": r.label,
+                    "strength": r.strength,
+                    "epochs": len(r.checkpoints),
+                    "seconds": r.seconds,
+                    "images_per_second": r.images_per_second,
+                    "skipped_batches": r.skipped_batches,
                 }
-                for c in report.candidates
+                for r in report.runs
             ],
+            "changed_initializers": report.changed_initializers,
+            "candidates": [candidate_dict(c, c is chosen) for c in report.candidates],
             "improved": report.improved,
             "before": measurement(report.before),
             "after": measurement(report.after),
@@ -345,6 +361,75 @@ def harden_to_dict(report: HardenReport, config: InspectConfig, *, include_timin
     if include_timings:
         doc["timings"] = {key: _finite(value) for key, value in report.timings.items()}
     return doc
+
+
+def robustness_dict(r: Robustness | None) -> dict[str, Any] | None:
+    """Per attack: images right, of how many, and the share (the worst case counts only images that survive all)."""
+    if r is None:
+        return None
+    return {
+        "epsilon": r.epsilon,
+        "images": r.n,
+        **{name: {"correct": r.count(name), "accuracy": r.accuracy(name)} for name in r.attacks},
+    }
+
+
+def change_dict(change: RobustnessChange | None) -> dict[str, Any] | None:
+    """Held-out after − before per attack, with the paired test and the interval."""
+    if change is None:
+        return None
+    return {
+        name: {
+            "before": c.before,
+            "after": c.after,
+            "images": c.n,
+            "difference": c.difference,
+            "ci95": list(c.ci95),
+            "gained": c.gained,
+            "lost": c.lost,
+            "p_value": c.p_value,
+            "significant": c.significant,
+        }
+        for name, c in change.comparisons.items()
+    }
+
+
+def candidate_dict(c: Candidate, chosen: bool) -> dict[str, Any]:
+    """One candidate of the search, as measured on validation."""
+    return {
+        "method": c.method,
+        "setting": c.label,
+        "chosen": chosen,
+        "noise_level": c.noise_level,
+        "source": c.source,
+        "tau": c.tau,
+        "alpha": c.alpha,
+        "kept_singular_values": c.kept_singular_values,
+        "strength": c.strength,
+        "epoch": c.epoch,
+        "train_images": c.train_images,
+        "val_clean_accuracy": c.val_clean_accuracy,
+        "val_fgsm_accuracy": c.val_fgsm_accuracy,
+        "val_pgd_accuracy": c.val_pgd_accuracy,
+        "val_transfer_accuracy": c.val_transfer_accuracy,
+        "val_worst_accuracy": c.val_worst_accuracy,
+        "within_budget": c.within_budget,
+        "no_op": c.no_op,
+    }
+
+
+def tuned_dict(selection: TunableSelection | None) -> dict[str, Any] | None:
+    """What fine-tuning could move."""
+    if selection is None:
+        return None
+    return {
+        "parameters": selection.parameters,
+        "tensors": [
+            {"name": t.name, "node": t.node, "op_type": t.op_type, "role": t.role, "shape": list(t.shape)}
+            for t in selection.tensors
+        ],
+        "quantized_not_tuned": selection.quantized,
+    }
 
 
 def _harden_targeting_at(report: HardenReport) -> dict[str, Any] | None:
