@@ -79,3 +79,13 @@ def test_traced_and_scripted_torchscript_load(tmp_path):
     for mode in ("trace", "script"):
         loaded = load_model(ez.export_torchscript("resnet", tmp_path / f"{mode}.pt", mode))
         assert find_conv(loaded.proto, loaded.image_input.name).out_channels == 8
+
+
+def test_neurons_names_a_quantized_head(tmp_path, capsys):
+    path = ez.quantize_static("poolcnn", tmp_path, "QOperator")
+    data = ez.labelled_npz(path, tmp_path / "d.npz", n=8)
+    code = main(["neurons", str(path), "--data", str(data), "--no-attack"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "QGemm '" in lines[0] and "no Gemm or MatMul" not in lines[0]

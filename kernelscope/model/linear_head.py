@@ -37,6 +37,9 @@ _NON_NEGATIVE_KEEPING = (
 )
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
+#: Integer-domain linear layers (static and dynamic quantization) that neurons names but does not analyse.
+QUANTIZED_LINEAR = ("QLinearMatMul", "MatMulInteger", "QGemm")
+
 
 @dataclass(frozen=True)
 class LinearHead:
@@ -82,13 +85,22 @@ def find_linear_head(proto: onnx.ModelProto, output: str, layer: str | None = No
         if head is None:
             node = index.node(node_index)
             linear = [node_label(n) for n in proto.graph.node if n.op_type in ("Gemm", "MatMul")]
-            hint = (
-                f"pass --layer NAME to pick one of its linear layers ({', '.join(linear[:6])}"
-                + (" ..." if len(linear) > 6 else "")
-                + ")"
-                if linear
-                else "the model has no Gemm or MatMul"
-            )
+            quantized = [f"{n.op_type} {node_label(n)!r}" for n in proto.graph.node if n.op_type in QUANTIZED_LINEAR]
+            if linear:
+                hint = (
+                    f"pass --layer NAME to pick one of its linear layers ({', '.join(linear[:6])}"
+                    + (" ..." if len(linear) > 6 else "")
+                    + ")"
+                )
+            elif quantized:
+                hint = (
+                    f"its linear layers are quantized ({', '.join(quantized[:4])}"
+                    + (" ..." if len(quantized) > 4 else "")
+                    + "), and neurons reads the weights of a float Gemm or MatMul only: run it on the float model "
+                    "before quantization"
+                )
+            else:
+                hint = "the model has no Gemm or MatMul"
             raise ModelError(
                 f"the output {output!r} comes from {node.op_type} node {node_label(node)!r}, not from a final linear "
                 f"layer (Gemm, or MatMul + Add, through Flatten/Reshape/Softmax-like ops); {hint}"
