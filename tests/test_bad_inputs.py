@@ -559,7 +559,7 @@ HARDEN_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("noise-negative", lambda d: ["--noise", "-1"], "--noise"),
     ("val-fraction-1.5", lambda d: ["--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
     ("svd-foo", lambda d: ["--svd", "foo"], "--svd must be"),
-    ("clean-budget-2", lambda d: ["--clean-budget", "2"], "--clean-budget"),
+    ("clean-budget-200", lambda d: ["--clean-budget", "200"], "--clean-budget"),
     ("eps-negative", lambda d: ["--eps", "-0.5"], "--eps must be a positive number"),
     ("out-is-the-input", lambda d: ["-o", str(d / "model.onnx")], "is the input file"),
     ("out-in-missing-folder", lambda d: ["-o", str(d / "missing" / "h.onnx")], "does not exist"),

@@ -27,10 +27,8 @@ def harden_command(
     ] = "hard",
     clean_budget: Annotated[
         float,
-        typer.Option(
-            help="Largest clean-accuracy loss (a fraction, 0.01 = 1 point) a candidate may cost on validation."
-        ),
-    ] = 0.01,
+        typer.Option(help="Largest clean-accuracy loss, in accuracy points (1 = one point), a candidate may cost."),
+    ] = 1.0,
     eps: Annotated[
         float | None,
         typer.Option(help="The audit ε the search optimizes, in [0, 1] pixel units (default 0.01 colour, 0.1 gray)."),
@@ -66,7 +64,7 @@ def harden_command(
         int | None, typer.Option(help="A seeded random subset of this many training images (default 5000).")
     ] = 5000,
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs; every epoch is a candidate.")] = 3,
-    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (Adam).")] = 1e-4,
+    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (Adam).")] = 1e-3,
     strengths: Annotated[
         str | None,
         typer.Option(help="Grid of the fine-tuning methods' strength, e.g. 0.1,1 (default: per method, see docs)."),
@@ -132,7 +130,7 @@ def harden_command(
         inspect=inspect,
         noise=noise,
         svd_mode=svd,
-        clean_budget=clean_budget,
+        clean_budget=_budget_fraction(clean_budget),
         audit_epsilon=eps,
         val_fraction=val_fraction,
         method=method.lower(),
@@ -154,6 +152,15 @@ def harden_command(
     write_report_outputs(lambda: harden_to_dict(report, inspect), json_path, html_path, plots_dir, quiet=quiet)
     if report.hardened is None:
         raise AuditFailed(_failure(report))
+
+
+def _budget_fraction(points: float) -> float:
+    """--clean-budget in accuracy points -> the library's fraction."""
+    from kernelscope.errors import UsageError
+
+    if not (0 <= points <= 100):
+        raise UsageError(f"--clean-budget is in accuracy points, between 0 and 100, not {points:g}")
+    return points / 100.0
 
 
 def _failure(report) -> str:

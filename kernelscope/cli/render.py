@@ -337,21 +337,19 @@ def _candidates_table(report: HardenReport) -> Table:
         f"{report.original_validation[0]:.2%}, worst case {report.original_validation_worst or 0:.2%})"
     )
     table = Table(title=title, title_justify="left")
-    table.add_column("method", no_wrap=True)
-    table.add_column("setting", overflow="fold")
-    for name in ("clean", "FGSM", "PGD", "transfer", "worst", "in budget"):
+    table.add_column("candidate", overflow="fold", ratio=1)
+    for name in ("clean", "FGSM", "PGD", "transfer", "worst", "budget"):
         table.add_column(name, justify="right", no_wrap=True)
     for c in report.candidates:
         style = "bold green" if c is report.chosen else ("dim" if c.no_op else None)
         table.add_row(
-            c.method,
-            c.label + (" (no-op)" if c.no_op else ""),
-            f"{c.val_clean_accuracy:.2%}",
-            f"{c.val_fgsm_accuracy:.2%}",
-            f"{c.val_pgd_accuracy:.2%}",
-            f"{c.val_transfer_accuracy:.2%}",
-            f"{c.val_worst_accuracy:.2%}",
-            "yes" if c.within_budget else "no",
+            f"{c.method}: {c.label}" + (" (no-op)" if c.no_op else ""),
+            f"{c.val_clean_accuracy:.1%}",
+            f"{c.val_fgsm_accuracy:.1%}",
+            f"{c.val_pgd_accuracy:.1%}",
+            f"{c.val_transfer_accuracy:.1%}",
+            f"{c.val_worst_accuracy:.1%}",
+            "in" if c.within_budget else "out",
             style=style,
         )
     table.caption = "The chosen candidate is in bold green; worst = right clean and under FGSM, PGD and transfer."
