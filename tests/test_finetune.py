@@ -15,7 +15,6 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-import zoo
 from kernelscope.cli.app import main
 from kernelscope.harden.finetune import TrainingView, trainable_copy
 from kernelscope.harden.jacobian import JacobianRegularization
@@ -24,6 +23,8 @@ from kernelscope.harden.writeback import changed_initializers, write_back
 from kernelscope.mirror import OnnxMirror
 from kernelscope.mirror.trainable import find_tunable
 from kernelscope.stats import mcnemar_exact, paired_comparison
+
+import zoo
 
 
 class _Net(torch.nn.Module):
@@ -310,7 +311,7 @@ def test_finetuning_a_path_without_train_data_says_what_to_pass(trained, tmp_pat
 
 
 def test_bad_method_and_tune_are_usage_errors(trained, tmp_path, capsys):
-    path, train, test = trained
+    path, _, test = trained
     for option, value in (("--method", "magic"), ("--tune", "half")):
         code = main(["harden", str(path), "--data", str(test), option, value, "-o", str(tmp_path / "h.onnx")])
         err = capsys.readouterr().err
