@@ -183,7 +183,7 @@ def test_model_strings_are_escaped(tmp_path, capsys):
 def test_harden_page_draws_original_and_hardened(tiny, tmp_path, capsys):
     model, data = tiny
     code = main(
-        ["harden", str(model), "--data", str(data), "-o", str(tmp_path / "h.onnx"), "--noise", "0.05",
+        ["harden", str(model), "--data", str(data), "-o", str(tmp_path / "h.onnx"), "--noise", "10",
          "--sweep", "0.05,0.1", "-q", "--html", str(tmp_path / "h.html"), "--json", str(tmp_path / "h.json"),
          "--plots", str(tmp_path / "figures")]
     )  # fmt: skip
@@ -192,7 +192,16 @@ def test_harden_page_draws_original_and_hardened(tiny, tmp_path, capsys):
     assert len(doc["kernels"]) == 5 and doc["mean_accuracy"] is not None and doc["baseline_accuracy"] is not None
     assert [k["fragile"] for k in doc["kernels"]] == [k in doc["fragile"] for k in range(5)]
     page = _parse(tmp_path / "h.html")
-    assert len(page.images) == 3
+    assert len(page.images) == 4  # Figs. 1-3 and harden's Fig. 4, the candidates' frontier
+    worst = _table_with(page, "McNemar p")
+    assert [row[0] for row in worst[1:]] == ["clean", "FGSM", "PGD", "transfer", "worst case"]
+    change = doc["harden"]["change"]["worst"]
+    assert worst[-1][3] == f"{100 * change['difference']:+.1f}" and worst[-1][5] == f"{change['p_value']:.3g}"
+    fig4 = plots.frontier_figure(doc)
+    offsets = [tuple(p) for c in fig4.axes[0].collections for p in c.get_offsets()]
+    for c in doc["harden"]["candidates"]:
+        want = (100 * c["val_clean_accuracy"], 100 * c["val_worst_accuracy"])
+        assert any(abs(x - want[0]) < 1e-9 and abs(y - want[1]) < 1e-9 for x, y in offsets)
     before_after = _table_with(page, "hardened")
     assert before_after[0] == ["ε", "original", "95 % CI", "hardened", "95 % CI", "Δ points"]
     after = doc["harden"]["after"]["fgsm"]
@@ -206,12 +215,12 @@ def test_harden_page_draws_original_and_hardened(tiny, tmp_path, capsys):
     assert any(label.startswith("hardened") for label in labels)
     fig3 = plots.targeting_figure(doc)
     assert {line.get_label().split(",")[0] for line in fig3.axes[0].get_lines()} == {"original", "hardened"}
-    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == FIGURES
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == [*FIGURES, "fig4_harden_frontier.png"]
 
 
 def test_figures_from_a_saved_json_report(inspected, tmp_path):
     doc = json.loads((inspected / "r.json").read_text())
-    assert plots.available_figures(doc) == list(plots.FIGURE_FILES)
+    assert plots.available_figures(doc) == list(plots.FIGURE_FILES)[:3]  # Fig. 4 is harden's
     fig1 = plots.kernel_accuracy_figure(doc)
     ax = fig1.axes[0]
     points = sorted((int(x), y) for c in ax.collections[1:] for x, y in c.get_offsets())  # [0] are the stems
@@ -329,7 +338,7 @@ def test_pgd_reports_are_drawn_under_their_attack(inspected):
     doc = json.loads((inspected / "r.json").read_text())
     doc["pgd"], doc["fgsm"] = doc["fgsm"], None  # the shape `inspect --attack pgd` writes
     doc["attack"] = doc["attack"] | {"name": "pgd", "pgd": {"norm": "l2", "steps": 10}}
-    assert plots.available_figures(doc) == list(plots.FIGURE_FILES)
+    assert plots.available_figures(doc) == list(plots.FIGURE_FILES)[:3]  # Fig. 4 is harden's
     fig2 = plots.accuracy_vs_epsilon_figure(doc)
     assert fig2.axes[0].get_ylabel() == "top-1 accuracy under PGD (%)"
     assert fig2.axes[0].get_xlabel() == plots.EPSILON_LABEL_L2

@@ -184,9 +184,13 @@ class _Model:
     prepared: PreparedAttack
     evaluator: OnnxEvaluator
 
-    def twin(self, preprocessing) -> Twin:
+    def twin(self, preprocessing, output: str) -> Twin:
+        from kernelscope.robustness import _attack_module
+
+        # A final Softmax is differentiated at its input (its probabilities round to one-hot on confident images).
+        module, loss = _attack_module(self.prepared, self.batching.proto, output)
         chunk = None if self.batching.batchable else (self.batching.fixed_batch or 1)
-        return Twin(self.prepared.mirror, preprocessing, self.prepared.preflight.loss, chunk)
+        return Twin(module, preprocessing, loss, chunk)
 
     def judge(self, preprocessing):
         normalize = preprocessing.normalize
@@ -226,7 +230,7 @@ def _measure(
     if suite is not None:
         pre = data.preprocessing
         robustness = evaluate_robustness(
-            model.judge(pre), model.twin(pre), data, suite, transfer, progress, "Worst-case judgement"
+            model.judge(pre), model.twin(pre, output), data, suite, transfer, progress, "Worst-case judgement"
         )
     return Measurement(
         sweep.fgsm[0].accuracy, sweep.fgsm, sweep.targeting, model.prepared.check.relative_diff, robustness
@@ -293,7 +297,7 @@ def harden_model(
     held_out_suite = AttackSuite(audit_eps, config.pgd, base.bounds, base.seed, base.batch_size)
     clock = time.perf_counter()
     original = _model(inputs.batching.proto, inputs, val, base)
-    original_twin, original_judge = original.twin(pre), original.judge(pre)
+    original_twin, original_judge = original.twin(pre, inputs.output.name), original.judge(pre)
     val_transfer = craft_transfer(original_twin, original_judge, val, search_suite, progress)
     original_val = evaluate_robustness(
         original_judge, original_twin, val, search_suite, val_transfer, progress, "Original on validation"
@@ -320,7 +324,11 @@ def harden_model(
                 proto = replace_conv_weight(inputs.model.proto, layer, weight)
                 candidate_model = _model(proto, inputs, val, base)
                 result = evaluate_robustness(
-                    candidate_model.judge(pre), candidate_model.twin(pre), val, search_suite, val_transfer
+                    candidate_model.judge(pre),
+                    candidate_model.twin(pre, inputs.output.name),
+                    val,
+                    search_suite,
+                    val_transfer,
                 )
                 candidate = from_robustness(
                     "svd", f"ε_n = {level:.3g}", result, original_clean, config.clean_budget, no_op=is_identity(info),
@@ -332,9 +340,10 @@ def harden_model(
                 task.advance()
     runs: list[FinetuneRun] = []
     if finetuning:
+        train_output, train_loss = _training_output(original, inputs.output.name)
         setup = FinetuneSetup(
-            mirror=original.prepared.mirror, proto=original.batching.proto, output=inputs.output.name,
-            loss=original.prepared.preflight.loss, tunable=tunable.names, train=train[0], settings=config.finetune,
+            mirror=original.prepared.mirror, proto=original.batching.proto, output=train_output,
+            loss=train_loss, tunable=tunable.names, train=train[0], settings=config.finetune,
             epsilon=audit_eps, bounds=base.bounds, head=head, lambda_s=config.lambda_s,
             strengths={m: config.strengths or DEFAULT_STRENGTHS[m] for m in finetuning},
         )  # fmt: skip
@@ -349,7 +358,9 @@ def harden_model(
 
     clock = time.perf_counter()
     held_out = _model(inputs.batching.proto, inputs, evaluation, base)
-    held_transfer = craft_transfer(held_out.twin(pre), held_out.judge(pre), evaluation, held_out_suite, progress)
+    held_transfer = craft_transfer(
+        held_out.twin(pre, inputs.output.name), held_out.judge(pre), evaluation, held_out_suite, progress
+    )
     before = _measure(held_out, inputs, evaluation, sweep, fragile, null, base, progress, held_out_suite, held_transfer)
     after = None
     hardened = None
@@ -430,6 +441,17 @@ def harden_model(
             "saturate)"
         )
     return report
+
+
+def _training_output(model: _Model, output: str) -> tuple[str, str]:
+    """The tensor fine-tuning's losses read, and its kind: a final Softmax's input (logits) where there is one."""
+    from kernelscope.attacks.gradients import softmax_input
+
+    if model.prepared.preflight.loss == "nll_of_probabilities":
+        tensor = softmax_input(model.batching.proto, output)
+        if tensor is not None and model.prepared.mirror.computes(tensor):
+            return tensor, "cross_entropy"
+    return output, model.prepared.preflight.loss
 
 
 def _confirmed(before: Measurement, after: Measurement, budget: float) -> bool:

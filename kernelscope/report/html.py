@@ -527,6 +527,7 @@ def _figure_or_note(name: str, report: Report, hardened: Report | None, alt: str
             "kernel_accuracy": "Fig. 1 is not available: the report has no per-kernel scores.",
             "accuracy_vs_epsilon": "Fig. 2 needs the attack sweep, which was not run (--no-attack).",
             "targeting": "Fig. 3 needs the attack sweep with some ε > 0, which this run did not have (--no-attack).",
+            "frontier": "Fig. 4 needs the hardening candidates, which this report does not have.",
         }[name]
         return Paragraph(reason, kind="note")
     return figure_image(plots.draw_figure(name, report, hardened), alt=alt, caption=caption)
@@ -752,6 +753,17 @@ def harden_page(report: Report) -> str:
         targeting_blocks.append(table)
     sections.append(Section("Adversarial targeting before / after (Fig. 3)", targeting_blocks, anchor="targeting"))
     sections.append(Section("Kernels on the validation part (Fig. 1)", _kernel_blocks(report), anchor="kernels"))
+    if h.get("candidates"):
+        frontier = _figure_or_note(
+            "frontier",
+            report,
+            None,
+            alt="Fig. 4: hardening candidates, clean vs worst-case accuracy on validation",
+            caption="Fig. 4. Every candidate tried on the validation part as (clean, worst-case) accuracy at the "
+            "audit ε, one colour per method, each method's Pareto frontier joined; the star is the original, the "
+            "dotted line the clean budget, the ring the chosen candidate.",
+        )
+        sections.insert(3, Section("Candidates: clean vs worst case (Fig. 4)", [frontier], anchor="frontier"))
     return render_page(
         "kernelscope harden",
         sections,

@@ -59,6 +59,7 @@ FIGURE_FILES: dict[str, str] = {
     "kernel_accuracy": "fig1_kernel_accuracy.png",
     "accuracy_vs_epsilon": "fig2_accuracy_vs_epsilon.png",
     "targeting": "fig3_targeting.png",
+    "frontier": "fig4_harden_frontier.png",
 }
 
 #: The hint given when matplotlib is missing.
@@ -181,7 +182,57 @@ def available_figures(report: Report, hardened: Report | None = None) -> list[st
         names.append("accuracy_vs_epsilon")
         if any(s.targeting for s in series):
             names.append("targeting")
+    if (report.get("harden") or {}).get("candidates"):
+        names.append("frontier")
     return names
+
+
+METHOD_COLORS = {"svd": "#7f8c8d", "jacobian": "#8e44ad", "sensitivity": "#16a085", "adversarial": "#d35400"}
+
+
+def frontier_figure(report: Report) -> Figure:
+    """``harden``: every candidate as (clean, worst-case) accuracy on validation, one colour per method, with
+    the original, the budget line and the chosen candidate marked; each method's Pareto frontier joined."""
+    h = report.get("harden") or {}
+    candidates = h.get("candidates") or []
+    if not candidates:
+        raise FigureUnavailable("the report has no hardening candidates")
+    original = h.get("original_validation") or {}
+    fig = _new_figure(7.0, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    _style_axes(ax)
+    methods = sorted({c["method"] for c in candidates}, key=list(METHOD_COLORS).index)
+    for method in methods:
+        points = [(c["val_clean_accuracy"], c["val_worst_accuracy"]) for c in candidates if c["method"] == method]
+        color = METHOD_COLORS.get(method, "#34495e")
+        ax.scatter(
+            [100 * x for x, _ in points], [100 * y for _, y in points], color=color, s=28, label=method, zorder=3
+        )
+        frontier, best = [], -1.0
+        for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):  # from the cleanest down
+            if y > best:
+                frontier.append((x, y))
+                best = y
+        if len(frontier) > 1:
+            ax.plot([100 * x for x, _ in frontier], [100 * y for _, y in frontier], color=color, lw=1.2, alpha=0.7)
+    clean, worst = original.get("clean_accuracy"), original.get("worst_accuracy")
+    if clean is not None and worst is not None:
+        ax.scatter([100 * clean], [100 * worst], marker="*", s=160, color="black", label="original", zorder=4)
+        budget = h.get("clean_budget")
+        if budget is not None:
+            ax.axvline(100 * (clean - budget), color="black", ls=":", lw=1, label="clean budget")
+    chosen = h.get("chosen")
+    if chosen:
+        ax.scatter(
+            [100 * chosen["val_clean_accuracy"]], [100 * chosen["val_worst_accuracy"]], s=180, facecolors="none",
+            edgecolors="black", lw=1.6, label="chosen", zorder=5,
+        )  # fmt: skip
+    ax.set_xlabel("clean accuracy on validation (%)")
+    ax.set_ylabel(f"worst-case accuracy at ε = {h.get('audit_epsilon', 0):g} (%)")
+    ax.set_title("Hardening candidates: clean vs worst case (FGSM, PGD, transfer)", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
 
 
 def _plain(text: object, limit: int = 60) -> str:
@@ -457,6 +508,7 @@ _DRAW = {
     "kernel_accuracy": lambda report, hardened: kernel_accuracy_figure(report),
     "accuracy_vs_epsilon": accuracy_vs_epsilon_figure,
     "targeting": targeting_figure,
+    "frontier": lambda report, hardened: frontier_figure(report),
 }
 
 
