@@ -121,6 +121,77 @@ def run_model(model: Path, out_dir: Path, limit: int, seed: int, threads: int | 
     return files
 
 
+#: The bounded settings of the methods comparison (issue 13): every method of ``harden --method all`` on each model.
+METHODS_SETTINGS: dict[str, Any] = {
+    "limit": 1000,
+    "train_limit": 2000,
+    "epochs": 2,
+    "strengths": "1",
+    "pgd_restarts": 1,
+    "clean_budget": 5.0,
+}
+METHOD_ORDER = ("svd", "jacobian", "sensitivity", "adversarial")
+
+
+def train_data_args(dataset: str, scratch: Path) -> list[str]:
+    """``--train-data`` arguments: the real training images of a model's data set (never its test images).
+
+    The shared MNIST folder holds the first 14,000 training images under non-official names
+    (``train-*-idx?-ubyte.first14000.gz``); they are linked under the official names into ``scratch`` so that
+    ``--train-data <folder> --train-split train`` reads them. Nothing is copied into the repository.
+    """
+    if dataset == "cifar10":
+        return ["--train-data", str(SHARED_DATA / "cifar10-jpg" / "train.tar")]
+    if dataset == "mnist":
+        folder = SHARED_DATA / "mnist"
+        if (folder / "train-images-idx3-ubyte.gz").exists() and (folder / "train-labels-idx1-ubyte.gz").exists():
+            return ["--train-data", str(folder), "--train-split", "train"]
+        scratch.mkdir(parents=True, exist_ok=True)
+        for kind in ("images-idx3", "labels-idx1"):
+            link = scratch / f"train-{kind}-ubyte.gz"
+            link.unlink(missing_ok=True)
+            link.symlink_to(folder / f"train-{kind}-ubyte.first14000.gz")
+        return ["--train-data", str(scratch), "--train-split", "train"]
+    raise SystemExit(f"no real training data known for data set {dataset!r}")
+
+
+def methods_arguments(settings: dict[str, Any], seed: int) -> list[str]:
+    """The ``harden --method all`` options of the comparison, as on the command line."""
+    return [
+        "--method", "all", "--limit", str(settings["limit"]), "--seed", str(seed),
+        "--train-limit", str(settings["train_limit"]), "--epochs", str(settings["epochs"]),
+        "--strengths", str(settings["strengths"]), "--pgd-restarts", str(settings["pgd_restarts"]),
+        "--clean-budget", f"{settings['clean_budget']:g}",
+    ]  # fmt: skip
+
+
+def run_methods(model: Path, out_dir: Path, settings: dict[str, Any], seed: int, threads: int | None) -> dict:
+    """``kernelscope harden --method all`` on one model; return the JSON file's name, exit code and wall time."""
+    import tempfile
+
+    name = f"{model.stem}.methods.json"
+    dataset = model_dataset(model)
+    with tempfile.TemporaryDirectory(prefix="kernelscope-methods-") as scratch:
+        scratch_dir = Path(scratch)
+        args = [
+            *data_args(dataset), *train_data_args(dataset, scratch_dir / "train"),
+            *methods_arguments(settings, seed), "--force", "-q",
+            *(["--threads", str(threads)] if threads else []),
+        ]  # fmt: skip
+        output = scratch_dir / f"{model.stem}.onnx"  # the page needs the measurements, not the file
+        command = ["harden", str(model), *args, "--json", str(out_dir / name), "-o", str(output)]
+        started = time.perf_counter()
+        code = kernelscope(*command)
+        seconds = time.perf_counter() - started
+        shown = " ".join(["kernelscope", *command])
+        for path, label in ((scratch_dir, "$TMP"), (SHARED_DATA, "../shared/data"), (REPO, ".")):
+            shown = shown.replace(str(path) + "/", label + "/")
+        shown = shown.replace(" ./", " ")
+    if code not in (0, 1):
+        raise SystemExit(f"harden --method all {model} failed with exit code {code}")
+    return {"file": name, "exit_code": code, "seconds": seconds, "command": shown}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The page, from the JSON files only
 
@@ -532,8 +603,17 @@ def main(argv: list[str] | None = None) -> int:
         "--stages",
         type=lambda text: set(text.split(",")),
         default={"audit", "neurons"},
-        help="what to run: audit (inspect + harden), neurons, or both (audit,neurons); the rest is kept from the "
-        "saved reports",
+        help="what to run, comma-separated: audit (inspect + harden --method svd), neurons, methods (harden --method "
+        "all, the comparison of the hardening methods); the rest is kept from the saved reports",
+    )
+    methods = parser.add_argument_group("methods stage (harden --method all on every model)")
+    methods.add_argument("--methods-limit", type=int, default=METHODS_SETTINGS["limit"], help="test images per model")
+    methods.add_argument("--methods-train-limit", type=int, default=METHODS_SETTINGS["train_limit"])
+    methods.add_argument("--methods-epochs", type=int, default=METHODS_SETTINGS["epochs"])
+    methods.add_argument("--methods-strengths", default=METHODS_SETTINGS["strengths"], help="--strengths of harden")
+    methods.add_argument("--methods-pgd-restarts", type=int, default=METHODS_SETTINGS["pgd_restarts"])
+    methods.add_argument(
+        "--methods-clean-budget", type=float, default=METHODS_SETTINGS["clean_budget"], help="in accuracy points"
     )
     parser.add_argument("--threads", type=int, default=None, help="passed to kernelscope (default: all cores)")
     parser.add_argument("--from-json", action="store_true", help="reuse the JSON reports in --out-dir")
@@ -542,19 +622,25 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the real data is not at {SHARED_DATA}; see ../shared/data/README.md")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     index_path = args.out_dir / "index.json"
+    previous = json.loads(index_path.read_text()) if index_path.exists() else None
     if args.from_json:
-        index = json.loads(index_path.read_text())
+        index = previous
         args.limit, args.neurons_limit, args.seed = index["limit"], index.get("neurons_limit"), index["seed"]
+    elif not args.stages & {"audit", "neurons"}:
+        if previous is None:
+            raise SystemExit(f"no saved reports in {args.out_dir}: run the audit and neurons stages first")
+        index = previous  # the audit / neurons reports and their run information stay as they are
     else:
         index = {"limit": args.limit, "neurons_limit": args.neurons_limit, "seed": args.seed, "models": {}}
-        if index_path.exists():  # keep the reports that are not re-run, where they were made with the same data
-            previous = json.loads(index_path.read_text())
+        if previous is not None:  # keep the reports that are not re-run, where they were made with the same data
             same_audit = (previous["limit"], previous["seed"]) == (args.limit, args.seed)
             same_neurons = (previous.get("neurons_limit"), previous["seed"]) == (args.neurons_limit, args.seed)
             for name, files in previous["models"].items():
                 kept = {k: v for k, v in files.items() if (same_neurons if k == "neurons" else same_audit)}
                 if kept:
                     index["models"][name] = kept
+            if "methods" in previous:  # the comparison records its own settings
+                index["methods"] = previous["methods"]
         for model in args.models:
             started = time.perf_counter()
             name = str(model.resolve().relative_to(REPO))
@@ -579,6 +665,29 @@ def main(argv: list[str] | None = None) -> int:
         ]
         index["run"] = run_info(args, index["commands"])
         index_path.write_text(json.dumps(index, indent=2) + "\n")
+    if "methods" in args.stages and not args.from_json:
+        settings = {
+            "limit": args.methods_limit, "train_limit": args.methods_train_limit, "epochs": args.methods_epochs,
+            "strengths": args.methods_strengths, "pgd_restarts": args.methods_pgd_restarts,
+            "clean_budget": args.methods_clean_budget,
+        }  # fmt: skip
+        kept = index.get("methods", {})
+        same = kept.get("settings") == settings and kept.get("seed") == args.seed
+        done = dict(kept.get("models", {})) if same else {}
+        index["methods"] = {"settings": settings, "seed": args.seed, "models": done}
+        for model in args.models:
+            name = str(model.resolve().relative_to(REPO))
+            index["methods"]["models"][name] = run_methods(model, args.out_dir, settings, args.seed, args.threads)
+            print(f"{model.name}: {index['methods']['models'][name]['seconds']:.0f} s", flush=True)
+            options = " ".join(
+                f"--methods-{key.replace('_', '-')} {value:g}" for key, value in settings.items() if key != "strengths"
+            )
+            index["methods"]["command"] = (
+                f"python examples/replicate_paper.py --stages methods {options} "
+                f"--methods-strengths {settings['strengths']} --seed {args.seed}"
+            )
+            index["methods"]["run"] = run_info(args, [])
+            index_path.write_text(json.dumps(index, indent=2) + "\n")  # after each model: a long run keeps its progress
     image_root = args.doc.parent / "images" / "replication"
     if image_root.exists():
         shutil.rmtree(image_root)
