@@ -722,7 +722,8 @@ NEURONS_MODEL_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("no-linear-layer", _n_no_linear_layer, "comes from GlobalAveragePool node 'pool', not from a final linear"),
     ("per-class-mul", _n_after_the_gemm("Mul", np.array([1.0, -1.0, 2.0, 1.0])), "from Mul node 'calibrate'"),
     ("negative-temperature", _n_after_the_gemm("Mul", np.array(-2.0)), "from Mul node 'calibrate'"),
-    ("per-class-add", _n_after_the_gemm("Add", np.array([0.0, 1.0, 2.0, 3.0])), "from Add node 'calibrate'"),
+    # A per-class Add after the Gemm is a separate bias (Gemm+Add, tests/test_neurons_patterns.py); per image it is not.
+    ("per-image-add", _n_after_the_gemm("Add", np.ones((12, 4))), "the bias of Add node 'calibrate' has shape [12, 4]"),
     ("gemm-weight-computed", _n_gemm_input_computed(1), "weight of Gemm node 'fc' is not a constant (it is computed"),
     ("gemm-bias-computed", _n_gemm_input_computed(2), "bias of Gemm node 'fc' is not a constant (it is computed"),
     ("gemm-trans-a", _n_gemm_trans_a, "Gemm node 'fc' has transA=1"),

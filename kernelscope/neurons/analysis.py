@@ -171,6 +171,11 @@ def analyse_neurons(
             f"the feature tensor {head.feature_tensor!r} holds {features.shape[1]} values per image but layer "
             f"{head.name!r} has {head.features} inputs; kernelscope needs one feature vector per image"
         )
+    if layer_out.shape[1] != head.classes:
+        raise ModelError(
+            f"the output {head.logits_tensor!r} of layer {head.name!r} holds {layer_out.shape[1]} values per image, "
+            f"not one per class ({head.classes}); its bias does not broadcast to one value per class"
+        )
     expected = features.astype(np.float64) @ head.weight.T + head.bias
     scale = max(1.0, float(np.abs(layer_out).max()) if layer_out.size else 1.0)
     weights_diff = float(np.abs(expected - layer_out).max()) / scale if layer_out.size else 0.0
@@ -331,6 +336,13 @@ def _warnings(report: NeuronsReport) -> list[str]:
             f"layer {head.name!r} does not produce the scored output through order-keeping ops: Δ flips the argmax "
             f"of its own output, which agrees with the deployed prediction on {check.prediction_agreement:.1%} of "
             "images"
+        )
+    elif head.ties:
+        notes.append(
+            f"the scored output passes {', '.join(head.ties)} after layer {head.name!r}: they keep the order of the "
+            "logits but can tie them (a Relu sets every negative logit to 0, a quantize/dequantize pair rounds), so "
+            f"Δ is about the argmax of the layer's output, which is the deployed prediction on "
+            f"{check.prediction_agreement:.1%} of images"
         )
     elif check.prediction_agreement < 1.0:
         notes.append(
