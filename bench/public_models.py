@@ -294,19 +294,26 @@ def write_markdown(path: Path, rows: list, limit: int) -> None:
             f"| {r['command']} | {r['rc']} | {r['seconds']:.1f} | {fmt(r.get('baseline'))} | {fmt(ref)} "
             f"| {r.get('parity', '–')} | {note} |"
         )
-    passed, refused = {}, {}
+    passed, completed, refused = {}, {}, {}
     for entry, r, _ in rows:
         passed.setdefault(entry["id"], []).append(r["rc"] == 0)
+        # harden's documented exit 1: it ran, but wrote nothing (no level helped, or the change is a no-op)
+        nothing_written = r["command"] == "harden" and r["rc"] == 1 and "nothing written" in r["error"]
+        completed.setdefault(entry["id"], []).append(r["rc"] == 0 or nothing_written)
         if entry.get("expect") == "refuse":
             refused.setdefault(entry["id"], []).append(r["rc"] == 2)
     full = sum(all(v) and len(v) == len(COMMANDS) for k, v in passed.items() if k not in refused)
+    done = sum(all(v) and len(v) == len(COMMANDS) for k, v in completed.items() if k not in refused)
     clean = sum(all(v) for v in refused.values())
     out += [
         "",
-        f"{full} of {len(passed) - len(refused)} models that should run went through all three commands with exit 0;"
+        f"{full} of {len(passed) - len(refused)} models that should run went through all three commands with exit 0"
+        f" ({done} counting harden's exit 1 'nothing written' as done);"
         f" {clean} of {len(refused)} that should be refused were refused with exit 2 by every command.",
     ]
     path.write_text("\n".join(out) + "\n")
+    records = [{"id": entry["id"], "ref": ref, **r} for entry, r, ref in rows]
+    path.with_suffix(".json").write_text(json.dumps(records, indent=1))
 
 
 # ------------------------------------------------------------------------------------------------ main
