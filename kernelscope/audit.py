@@ -345,6 +345,8 @@ def inspect_model(
     warnings = _warnings(scoring, num_classes, runner) if scoring else []
     if fast is not None:
         warnings.insert(0, _fast_note(fast))
+    if runner.stacking_note:
+        warnings.append(runner.stacking_note)
     verdict = _verdict(layer, scoring, holm) if config.method == "exact" else _fast_verdict(layer, fast)
     return InspectReport(
         kernelscope_version=__version__,

@@ -3,6 +3,13 @@
 One onnxruntime session serves the baseline and every dropped-kernel variant: the model is rewritten once
 with a kernel-mask input (:mod:`kernelscope.model.surgery.kernel_mask`), each image batch is preprocessed
 once, and several variants share one run, so the cost stays close to (C_out + 1) x N forward passes.
+
+Stacking V variants makes every op after the mask see a batch of V x N. A graph whose shapes are computed from
+the image input's batch (torch.export's ``Shape -> Gather(0) -> ... -> Reshape``, a constant Reshape target
+that encodes the batch) can fail or, worse, mix images at that batch. So each (V, N) shape is checked the first
+time it runs: the stacked run must reproduce the V one-variant runs; if it fails or differs, every further run
+takes one variant at a time (the batch the original graph sees) and :attr:`KernelDropRunner.stacking_note`
+says so.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ from kernelscope.stats import mcnemar_exact, split_stability
 #: Images x variants per onnxruntime run when batching is possible: large enough to amortize per-run
 #: overhead, small enough to keep activations of mid-sized CNNs in a few hundred MB.
 DEFAULT_RUN_SIZE = 1024
+#: Largest difference, relative to max(1, max |output|), between a stacked run and the one-variant runs it
+#: replaces (the same arithmetic, but onnxruntime may pick other kernels for another batch size).
+STACKING_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,10 @@ class KernelDropRunner:
         self.batching = batching or resolve_batching(proto, image_input, output, providers, threads)
         masked = insert_kernel_mask(self.batching.proto, self.site, self.channels, output)
         self.session = make_session(masked, providers, threads)
+        self._verified: set[tuple[int, int]] = set()  # (V, N) shapes whose stacked runs were checked
+        self.stacking: bool = True  # variants may share a run (until a check at some (V, N) fails)
+        self.stacking_note: str | None = None  # why variants are run one at a time, once a check failed
+        self.session_runs = 0  # onnxruntime runs so far (the checks included)
 
     @property
     def fixed_batch(self) -> int | None:
@@ -134,18 +148,59 @@ class KernelDropRunner:
     def predict(self, x: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """Predicted classes, shape (V, N), of ``x`` under each of the V rows of ``masks`` (1 keep, 0 drop)."""
         masks = np.asarray(masks, dtype=np.float32)
+        variants, images = masks.shape[0], x.shape[0]
         if self.batchable:
-            out = run_checked(self.session, {self.image_input: x, MASK_INPUT: _mask5(masks)}, self.output)
-            return _argmax(out, masks.shape[0], x.shape[0])
+            if variants == 1 or (self.stacking and (variants, images) in self._verified):
+                return _argmax(self._run(x, masks), variants, images)
+            if not self.stacking:
+                return np.concatenate([_argmax(self._run(x, masks[v : v + 1]), 1, images) for v in range(variants)])
+            return self._checked_stack(x, masks)
         # A fixed batch that could not be made dynamic: one variant and exactly `fixed` images per run.
         fixed = self.fixed_batch or 1
-        preds = np.empty((masks.shape[0], x.shape[0]), dtype=np.int64)
-        for v in range(masks.shape[0]):
+        preds = np.empty((variants, images), dtype=np.int64)
+        for v in range(variants):
             for start, chunk, real in fixed_chunks(x, fixed):
-                feeds = {self.image_input: chunk, MASK_INPUT: _mask5(masks[v : v + 1])}
-                out = run_checked(self.session, feeds, self.output)
-                preds[v, start : start + real] = _argmax(out, 1, fixed)[0, :real]
+                preds[v, start : start + real] = _argmax(self._run(chunk, masks[v : v + 1]), 1, fixed)[0, :real]
         return preds
+
+    def _run(self, x: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        self.session_runs += 1
+        return run_checked(self.session, {self.image_input: x, MASK_INPUT: _mask5(masks)}, self.output)
+
+    def _checked_stack(self, x: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """Predictions of the first run at this (V, N): the V one-variant runs, compared with the stacked run.
+
+        The one-variant runs give the result either way (their batch is the original graph's); the stacked run
+        is adopted for later runs of this shape only when it reproduces them.
+        """
+        variants, images = masks.shape[0], x.shape[0]
+        separate = [self._run(x, masks[v : v + 1]) for v in range(variants)]
+        for out in separate:
+            _argmax(out, 1, images)  # an output without the batch first is the model's problem, not stacking's
+        reference = np.concatenate(separate)
+        reason = None
+        try:
+            stacked = self._run(x, masks)
+        except ModelError as exc:
+            reason = str(exc).removeprefix("onnxruntime failed while running the model: ")
+        else:
+            if stacked.shape != reference.shape:
+                reason = f"its output has shape {list(stacked.shape)} instead of {list(reference.shape)}"
+            else:
+                scale = max(1.0, float(np.max(np.abs(reference))) if reference.size else 1.0)
+                diff = float(np.max(np.abs(stacked.astype(np.float64) - reference))) if reference.size else 0.0
+                if not diff <= STACKING_TOLERANCE * scale:
+                    reason = f"its outputs differ from the one-variant runs by {diff:.3g}"
+        if reason is None:
+            self._verified.add((variants, images))
+        else:
+            self.stacking = False
+            self.stacking_note = (
+                f"stacking {variants} kernel variants into one batch of {variants * images} does not reproduce "
+                f"the model run one variant at a time ({reason}; e.g. a Reshape whose target is computed from "
+                "the input's batch): variants were run one at a time (slower, same results)"
+            )
+        return _argmax(reference, variants, images)
 
 
 def _mask5(masks: np.ndarray) -> np.ndarray:
@@ -191,21 +246,20 @@ def predict_variants(
     images_per_run = batch_size if runner.batchable else (runner.fixed_batch or 1)
     groups = plan_groups(variants, images_per_run, run_size) if runner.batchable else [np.arange(variants)]
     preds = np.empty((variants, n), dtype=np.int64)
-    runs = 0
+    runs_before = runner.session_runs
     with progress.task(description, total=variants * n) as task:
         start = 0
         for x, labels in data.batches(batch_size):
             for group in groups:
                 preds[group, start : start + len(labels)] = runner.predict(x, masks[group])
-                runs += 1 if runner.batchable else len(group) * math.ceil(len(labels) / images_per_run)
                 task.advance(len(group) * len(labels))
             start += len(labels)
     plan = BatchPlan(
         fixed_batch=runner.fixed_batch,
         batch_made_dynamic=runner.batch_made_dynamic,
-        variants_per_run=max(len(g) for g in groups) if runner.batchable else 1,
+        variants_per_run=max(len(g) for g in groups) if runner.batchable and runner.stacking else 1,
         images_per_run=images_per_run,
-        runs=runs,
+        runs=runner.session_runs - runs_before,
     )
     return preds, plan
 

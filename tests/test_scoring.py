@@ -97,3 +97,99 @@ def test_mask_moves_past_ops_that_keep_a_zero_channel_zero():
     assert scoring_site.tensor == "pool"
     assert [p.split(":")[0] for p in scoring_site.passed] == ["Relu", "GlobalAveragePool"]
     assert find_mask_site(model, layer, "weights", types).tensor == "conv"
+
+
+def _batch_from_input_head(mix: bool) -> onnx.ModelProto:
+    """conv_classifier with its Flatten replaced by a Reshape whose target is computed from the image's batch
+    (torch.export style: Shape -> Gather(0) -> Unsqueeze -> Concat -> Reshape).
+
+    ``mix=False``: Reshape(pool, [N * C]) -> Sigmoid -> Reshape([-1, C]); at a stacked batch of V*N onnxruntime
+    refuses it (``input_shape_size == requested_shape_size``; a plain Reshape(pool, [N, C]) is rewritten by
+    onnxruntime's optimizer and runs). ``mix=True``: Reshape(pool, [N, -1, C]) -> Transpose(1, 0, 2)
+    -> Reshape([-1, C]): the identity at batch N, but at V*N it silently interleaves images and variants.
+    """
+    from onnx import helper
+
+    model = conv_classifier(out_channels=5, seed=9)
+    graph = model.graph
+    flatten = next(n for n in graph.node if n.op_type == "Flatten")
+    position = list(graph.node).index(flatten)
+    graph.node.remove(flatten)
+    consts = {"zero": [0], "channels": [5], "minus_one": [-1], "channels_tail": [-1, 5]}
+    for name, value in consts.items():
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), name))
+    nodes = [
+        helper.make_node("Shape", ["image"], ["image_shape"]),
+        helper.make_node("Gather", ["image_shape", "zero"], ["batch"], axis=0),
+    ]
+    if mix:
+        nodes += [
+            helper.make_node("Concat", ["batch", "minus_one", "channels"], ["target"], axis=0),
+            helper.make_node("Reshape", ["pool", "target"], ["grouped"]),
+            helper.make_node("Transpose", ["grouped"], ["swapped"], perm=[1, 0, 2]),
+            helper.make_node("Reshape", ["swapped", "channels_tail"], ["flat"]),
+        ]
+    else:
+        nodes += [
+            helper.make_node("Mul", ["batch", "channels"], ["target"]),
+            helper.make_node("Reshape", ["pool", "target"], ["long"]),
+            helper.make_node("Sigmoid", ["long"], ["squashed"]),
+            helper.make_node("Reshape", ["squashed", "channels_tail"], ["flat"]),
+        ]
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("mix", [False, True], ids=["reshape-refused", "silently-mixed"])
+def test_stacked_variants_are_verified_at_the_batch_they_run(mix):
+    """Issue 12 item 3: a batch computed from the input breaks when variants are stacked into V*N."""
+    model = _batch_from_input_head(mix)
+    dataset = _data(n=30, seed=3)
+    pre = resolve_preprocessing(input_shape=("N", 3, 8, 8), input_dtype="float32", metadata=None, dataset=dataset)
+    x = pre.to_model_input(dataset.images)
+    # The graph itself is fine at any batch, and the stacked masked graph is not: the premise of the test.
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"image": x})[0].shape == (30, 4)
+    runner = KernelDropRunner(model, find_conv(model, "image"), "image", "logits")
+    assert runner.batchable and runner.stacking
+    result = score_kernels(runner, PreparedData(dataset, pre), batch_size=16, run_size=64, bootstrap=0)
+    assert result.baseline_accuracy == pytest.approx(_direct_accuracy(model, None, x, dataset.labels))
+    for k in range(5):
+        assert result.kernels[k].accuracy == pytest.approx(_direct_accuracy(model, k, x, dataset.labels)), k
+    assert not runner.stacking and result.plan.variants_per_run == 1
+    note = runner.stacking_note
+    assert note is not None and "run one at a time" in note
+    assert ("requested_shape_size" in note) if not mix else ("differ from the one-variant runs" in note)
+    # 2 image batches x 6 variants, one per run, plus the one stacked run that failed the check
+    assert result.plan.runs == 2 * 6 + 1
+
+
+def test_stacking_that_reproduces_the_separate_runs_is_kept():
+    model = conv_classifier(out_channels=5, seed=9)
+    dataset = _data(n=30, seed=3)
+    pre = resolve_preprocessing(input_shape=("N", 3, 8, 8), input_dtype="float32", metadata=None, dataset=dataset)
+    runner = KernelDropRunner(model, find_conv(model, "image"), "image", "logits")
+    result = score_kernels(runner, PreparedData(dataset, pre), batch_size=16, run_size=64, bootstrap=0)
+    assert runner.stacking and runner.stacking_note is None
+    # groups of 3 variants (64 // 16 = 4 per run, balanced: 3 + 3); each (V, N) shape is checked once by V + 1 runs
+    assert result.plan.variants_per_run == 3
+    shapes = {(3, 16), (3, 14)}
+    assert result.plan.runs == 2 * 2 + sum(3 for _ in shapes)
+
+
+def test_inspect_reports_the_stacking_fallback(tmp_path, capsys):
+    import json
+
+    from kernelscope.cli.app import main
+
+    from builders import random_npz, save
+
+    path = save(_batch_from_input_head(False), tmp_path / "m.onnx")
+    data = random_npz(tmp_path / "d.npz", n=20)
+    code = main([str(a) for a in ["inspect", path, "-d", data, "--no-attack", "--json", tmp_path / "r.json", "-q"]])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert any("variants were run one at a time" in w for w in doc["warnings"])
+    assert doc["execution"]["variants_per_run"] == 1
