@@ -347,6 +347,13 @@ def inspect_model(
         warnings.insert(0, _fast_note(fast))
     if runner.stacking_note:
         warnings.append(runner.stacking_note)
+    dynamic = [n for n in runner.batching.proto.graph.node if n.op_type == "DynamicQuantizeLinear"]
+    if dynamic:
+        warnings.append(
+            f"the model quantizes at run time ({len(dynamic)} DynamicQuantizeLinear node(s)): each run takes one "
+            f"range over all of its images, so a prediction can depend on which images share its batch; the scores "
+            f"are those at --batch-size {config.batch_size}"
+        )
     verdict = _verdict(layer, scoring, holm) if config.method == "exact" else _fast_verdict(layer, fast)
     return InspectReport(
         kernelscope_version=__version__,

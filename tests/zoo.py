@@ -310,8 +310,11 @@ def _fixed_batch_one(session: ort.InferenceSession) -> bool:
     return bool(shape) and shape[0] == 1
 
 
-def _run_accuracy(path: Path, x: np.ndarray, labels: np.ndarray, output_index: int) -> float:
-    """Top-1 accuracy of the ONNX file at ``path`` on input ``x`` (batched, or one by one for batch 1)."""
+def _run_accuracy(
+    path: Path, x: np.ndarray, labels: np.ndarray, output_index: int, batch_size: int | None = None
+) -> float:
+    """Top-1 accuracy of the ONNX file at ``path`` on input ``x`` (in runs of ``batch_size`` images, all at once
+    by default, or one by one for batch 1)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = 1
@@ -320,7 +323,10 @@ def _run_accuracy(path: Path, x: np.ndarray, labels: np.ndarray, output_index: i
     if _fixed_batch_one(session):
         logits = np.concatenate([session.run(None, {name: x[i : i + 1]})[output_index] for i in range(len(x))])
     else:
-        logits = session.run(None, {name: x})[output_index]
+        step = batch_size or len(x)
+        logits = np.concatenate(
+            [session.run(None, {name: x[i : i + step]})[output_index] for i in range(0, len(x), step)]
+        )
     logits = np.asarray(logits).reshape(len(x), -1)
     return float(np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))
 
@@ -332,8 +338,12 @@ def reference_drop_accuracy(
     images_nchw_or_nhwc_float: np.ndarray,
     labels: np.ndarray,
     output_index: int = 0,
+    batch_size: int | None = None,
 ) -> float:
     """Accuracy of the ONNX model with output kernel ``kernel`` of node ``conv_name`` dropped.
+
+    ``batch_size``: images per onnxruntime run (default all at once). It matters for dynamically quantized
+    models only: ``DynamicQuantizeLinear`` takes its scale from the range of everything in the run.
 
     ``kernel=None`` gives the unmodified model.  Dropping kernel k sets weight[k] to 0 (or to the weight
     zero point for QLinearConv / ConvInteger / QDQ weights) and the bias of channel k to 0, wherever that
@@ -344,7 +354,7 @@ def reference_drop_accuracy(
     path_onnx = Path(path_onnx)
     x = np.asarray(images_nchw_or_nhwc_float)
     if kernel is None:
-        return _run_accuracy(path_onnx, x, labels, output_index)
+        return _run_accuracy(path_onnx, x, labels, output_index, batch_size)
     model = onnx.load(str(path_onnx), load_external_data=True)
     graph = model.graph
     nodes = [node for node in graph.node if node.name == conv_name]
@@ -359,7 +369,7 @@ def reference_drop_accuracy(
         out = Path(tmp) / "dropped.onnx"
         # everything now lives in memory; tiny models fit in one protobuf, so no external data is needed
         onnx.save(model, str(out))
-        return _run_accuracy(out, x, labels, output_index)
+        return _run_accuracy(out, x, labels, output_index, batch_size)
 
 
 # ----------------------------------------------------------------------------------------------------------
