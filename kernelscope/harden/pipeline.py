@@ -84,8 +84,6 @@ META_HARDEN = "kernelscope.harden"
 #: accuracy on typical models (about 2.5/255 for colour images, 0.1 for digits).
 AUDIT_EPSILON = {"cifar10": 0.01, "mnist": 0.1}
 
-__all__ = ["AUDIT_EPSILON", "META_HARDEN", "Candidate", "HardenConfig", "HardenReport", "Measurement"]
-
 
 @dataclass(frozen=True)
 class HardenConfig:
@@ -265,9 +263,10 @@ def harden_model(
     train = None
     head = None
     if finetuning:
+        head = _head(inputs) if "sensitivity" in finetuning else None
         tunable = find_tunable(
             inputs.model.proto, config.tune, first_conv=layer.name, batchnorm=config.tune_batchnorm,
-            head=_head_name(inputs, finetuning),
+            head=head.name if head is not None else None,
         )  # fmt: skip
         if not tunable.tensors:
             where = f" ({len(tunable.quantized)} quantized layers are not tuned)" if tunable.quantized else ""
@@ -275,7 +274,6 @@ def harden_model(
                 f"--tune {config.tune} finds no float Conv / Gemm / MatMul weight stored as an initializer to "
                 f"fine-tune{where}; use --method svd"
             )
-        head = _head(inputs) if "sensitivity" in finetuning else None
         train = _train_data(inputs, config, progress)
 
     clock = time.perf_counter()
@@ -357,11 +355,9 @@ def harden_model(
     chosen = candidates[0] if forced else choose(candidates, original_val.accuracy("worst"))
 
     clock = time.perf_counter()
-    held_out = _model(inputs.batching.proto, inputs, evaluation, base)
-    held_transfer = craft_transfer(
-        held_out.twin(pre, inputs.output.name), held_out.judge(pre), evaluation, held_out_suite, progress
-    )
-    before = _measure(held_out, inputs, evaluation, sweep, fragile, null, base, progress, held_out_suite, held_transfer)
+    # The original's session and parity-checked mirror serve the held-out part too (no second build).
+    held_transfer = craft_transfer(original_twin, original_judge, evaluation, held_out_suite, progress)
+    before = _measure(original, inputs, evaluation, sweep, fragile, null, base, progress, held_out_suite, held_transfer)
     after = None
     hardened = None
     info = None
@@ -458,10 +454,6 @@ def _confirmed(before: Measurement, after: Measurement, budget: float) -> bool:
     """The held-out images confirm the pick: a higher worst case, and clean accuracy within the budget."""
     worst_gain = after.robustness.accuracy("worst") - before.robustness.accuracy("worst")
     return worst_gain > 0 and after.clean_accuracy >= before.clean_accuracy - budget - 1e-12
-
-
-def _head_name(inputs: AuditInputs, methods: list[str]) -> str | None:
-    return _head(inputs).name if "sensitivity" in methods else None
 
 
 def _head(inputs: AuditInputs):
