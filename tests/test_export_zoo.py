@@ -88,4 +88,4 @@ def test_neurons_names_a_quantized_head(tmp_path, capsys):
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err
-    assert "QGemm '" in lines[0] and "no Gemm or MatMul" not in lines[0]
+    assert "QGemm node '" in lines[0] and "no Gemm or MatMul" not in lines[0]
