@@ -166,10 +166,13 @@ def prepare_attack(
     )
     if not check.ok:
         where = f"; they first part at tensor {check.first_divergence!r}" if check.first_divergence else ""
+        from kernelscope.runtime import saturation_hint
+
+        why = saturation_hint(proto, providers)
         raise ModelError(
             f"the PyTorch mirror disagrees with onnxruntime (relative logit difference {check.relative_diff:.3g} > "
-            f"tolerance {tolerance:g}{where}); refusing to attack with wrong gradients: pass --no-attack, or --atol "
-            "to accept a larger difference"
+            f"tolerance {tolerance:g}{where}); refusing to attack with wrong gradients: "
+            + (f"{why}; or pass --no-attack" if why else "pass --no-attack, or --atol to accept a larger difference")
         )
     import torch
 

@@ -81,3 +81,77 @@ def _first_line(exc: BaseException) -> str:
     for pattern in _ORT_NOISE:
         line = pattern.sub("", line)
     return " ".join(line.split())[:300] or type(exc).__name__
+
+
+#: Where an int8 weight enters an integer matrix product: op type -> position of the weight input.
+_INT8_WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3, "MatMulInteger": 1, "ConvInteger": 1}
+#: Float ops onnxruntime fuses with a DequantizeLinear of their weight into one of the above (QDQ models).
+_FUSED_WITH_DEQUANTIZE = {"Conv", "MatMul", "Gemm"}
+
+
+def int8_weight_layers(proto: onnx.ModelProto) -> list[str]:
+    """Names of the layers whose matrix product onnxruntime computes with uint8 x int8 (U8S8) kernels.
+
+    Integer-domain ops with an int8 constant weight, and float Conv/MatMul/Gemm fed by a DequantizeLinear of
+    an int8 constant (QDQ models; onnxruntime fuses the pattern into QLinearConv/QLinearMatMul).
+    """
+    from kernelscope.model.graph import node_label
+
+    int8 = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].t.data_type == onnx.TensorProto.INT8:
+            int8.update(node.output)
+    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8}
+    layers = []
+    for node in proto.graph.node:
+        position = _INT8_WEIGHT_INPUT.get(node.op_type)
+        integer = position is not None and len(node.input) > position and node.input[position] in int8
+        fused = node.op_type in _FUSED_WITH_DEQUANTIZE and any(name in dequantized for name in node.input[:2])
+        if integer or fused:
+            layers.append(f"{node.op_type} {node_label(node)!r}")
+    return layers
+
+
+_SATURATION_PROBE: dict[tuple[str, ...], bool] = {}
+
+
+def u8s8_saturates(providers: Sequence[str] | None = None) -> bool:
+    """Whether onnxruntime's uint8 x int8 matrix product saturates on this machine (run once per providers).
+
+    On x86-64 CPUs with AVX2 but without AVX-VNNI, onnxruntime multiplies U8S8 pairs with VPMADDUBSW, which
+    adds two adjacent products in 16 bits with saturation (a documented trade-off of its quantization
+    guide). The probe is one MatMulInteger: 255*127 + 255*127 is 64770 by the ONNX spec, 32767 when it
+    saturates.
+    """
+    key = tuple(providers or default_providers())
+    if key not in _SATURATION_PROBE:
+        from onnx import TensorProto, helper, numpy_helper
+
+        graph = helper.make_graph(
+            [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+            "u8s8_probe",
+            [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 2])],
+            [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1])],
+            [numpy_helper.from_array(np.full((2, 1), 127, np.int8), "b")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        try:
+            (y,) = make_session(model, key).run(None, {"a": np.full((1, 2), 255, np.uint8)})
+            _SATURATION_PROBE[key] = int(np.asarray(y).reshape(-1)[0]) != 2 * 255 * 127
+        except Exception:  # a provider without MatMulInteger: no evidence either way
+            _SATURATION_PROBE[key] = False
+    return _SATURATION_PROBE[key]
+
+
+def saturation_hint(proto: onnx.ModelProto, providers: Sequence[str] | None = None) -> str:
+    """Why a mirror of an int8 model can part from onnxruntime here, or "" when that is not the reason."""
+    layers = int8_weight_layers(proto)
+    if not layers or not u8s8_saturates(providers):
+        return ""
+    shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+    return (
+        f"onnxruntime on this CPU (AVX2 without AVX-VNNI) adds uint8 x int8 products in saturating 16-bit pairs "
+        f"in the int8-weight layers ({shown}), so it departs from the ONNX arithmetic the mirror follows and from "
+        "this model on a VNNI CPU; re-quantize with reduce_range=True (7-bit weights) or uint8 weights, audit on "
+        "a CPU with AVX-VNNI, or pass --atol to attack through the spec-exact mirror (onnxruntime still judges)"
+    )

@@ -213,3 +213,19 @@ def test_supported_ops_doc_is_fresh() -> None:
     assert doc.read_text(encoding="utf-8") == supported_ops_markdown(), (
         "docs/supported-ops.md is stale; run: python -m kernelscope.mirror.optable --write"
     )
+
+
+def test_parity_failure_skips_constants_the_mirror_folds_away(tmp_path: Path) -> None:
+    import export_zoo as ez
+
+    proto = onnx.load(str(ez.export_onnx("poolcnn", tmp_path / "poolcnn.onnx", 13)))
+    mirror = OnnxMirror(proto)
+    constants = [n.output[0] for n in proto.graph.node if n.op_type == "Constant"]
+    assert constants and not any(mirror.computes(name) for name in constants)  # the case this test is about
+    head = next(n for n in proto.graph.node if n.op_type == "Gemm")  # after the flatten's Constants in data flow
+    with torch.no_grad():
+        mirror._buffers[mirror._buffer_of[head.input[1]]].mul_(1.5)
+    x = ez.as_input(ez.images(4))
+    result = check_parity(proto, mirror, {"input": x}, proto.graph.output[0].name, providers=["CPUExecutionProvider"])
+    assert not result.ok
+    assert (result.first_divergence, result.first_divergence_op) == (head.output[0], "Gemm")

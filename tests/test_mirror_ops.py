@@ -597,7 +597,9 @@ def _dynamic_quantize(v):
 def _qconv_inputs(per_channel: bool) -> list:
     w_scale = C(np.array([0.01, 0.02, 0.015], F32)) if per_channel else scalar(0.02)
     w_zero = C(np.array([0, 0, 0], np.int8)) if per_channel else scalar(0, np.int8)
-    weights = C(_rng("w").integers(-100, 100, size=(3, 2, 3, 3)).astype(np.int8))
+    # |w| <= 64: onnxruntime's AVX2 kernels add two uint8 x int8 products in saturating 16 bits, exact only
+    # while 2 * 255 * |w| fits (test_int8_saturation.py covers full-range weights against the spec)
+    weights = C(_rng("w").integers(-64, 65, size=(3, 2, 3, 3)).astype(np.int8))
     bias = C(_rng("b").integers(-500, 500, size=3).astype(np.int32))
     return [
         u8(1, 2, 5, 5),

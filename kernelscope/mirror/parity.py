@@ -130,17 +130,17 @@ def _first_divergence(
     except Exception:  # onnxruntime refused some exposed tensor: no finer diagnosis than the output's
         return None
     reference = dict(zip(names, values, strict=True))
-    available = [n for n in names if mirror.computes(n)]
+    available = {n for n in names if mirror.computes(n)}
     try:
-        mine = _mirror_values(mirror, feeds, available)
+        mine = _mirror_values(mirror, feeds, sorted(available))
     except ModelError:
         mine = {}
     for i in order:
         node = index.node(i)
         for name in node.output:
-            if not name or name not in reference:
-                continue
-            if name not in mine:
+            if not name or name not in reference or name not in available:
+                continue  # a constant the mirror folded away, or a tensor the output does not need
+            if name not in mine:  # the mirror failed on what it should compute
                 return name, node.op_type, node_label(node)
             if _relative(mine[name], reference[name])[1] > tolerance:
                 return name, node.op_type, node_label(node)
