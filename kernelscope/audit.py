@@ -462,7 +462,7 @@ def _warnings(scoring: ScoringResult, num_classes: int | None, runner: KernelDro
     if unstable and scoring.bootstrap_resamples:
         notes.append(
             f"{len(unstable)} kernel(s) change sides in more than 20% of bootstrap resamples "
-            f"({', '.join(map(str, unstable[:10]))}{' ...' if len(unstable) > 10 else ''}); "
+            f"({', '.join(map(str, unstable))}); "
             "their S / S' label is uncertain"
         )
     return notes

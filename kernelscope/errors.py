@@ -34,3 +34,9 @@ class AuditFailed(KernelscopeError):
     """An audit gate (``--fail-under`` style threshold) was not met. Exit code 1."""
 
     exit_code = 1
+
+
+def some_of(items: list[str], limit: int) -> str:
+    """The first ``limit`` items joined with commas, then how many were left out ("a, b and 3 more")."""
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")

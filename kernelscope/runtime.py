@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 
-from kernelscope.errors import ModelError
+from kernelscope.errors import ModelError, some_of
 from kernelscope.model.loading import serialize_for_runtime
 
 # Silence onnxruntime's C++ log (warnings about unused initializers, and its own copy of every error, which
@@ -148,7 +148,7 @@ def saturation_hint(proto: onnx.ModelProto, providers: Sequence[str] | None = No
     layers = int8_weight_layers(proto)
     if not layers or not u8s8_saturates(providers):
         return ""
-    shown = ", ".join(layers[:3]) + (f" and {len(layers) - 3} more" if len(layers) > 3 else "")
+    shown = some_of(layers, 3)
     return (
         f"onnxruntime on this CPU (AVX2 without AVX-VNNI) adds uint8 x int8 products in saturating 16-bit pairs "
         f"in the int8-weight layers ({shown}), so it departs from the ONNX arithmetic the mirror follows and from "

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from kernelscope.errors import ModelError, UsageError
+from kernelscope.errors import ModelError, UsageError, some_of
 from kernelscope.model.graph import ConstantSource, GraphIndex, NotConstant, attribute, constant_value, node_label
 
 #: Op types that count as a convolution layer, with the input positions of their weight and bias.
@@ -85,7 +85,7 @@ def find_conv(proto: onnx.ModelProto, image_input: str, layer: str | None = None
         ]
         if not candidates:
             convs = [node_label(n) for n in proto.graph.node if n.op_type in CONV_OPS]
-            listing = ", ".join(convs[:12]) + (" ..." if len(convs) > 12 else "")
+            listing = some_of(convs, 12)
             raise UsageError(f"no node named {layer!r} in the model; its convolutions are: {listing or 'none'}")
         chosen = candidates[0]
         node = index.node(chosen)

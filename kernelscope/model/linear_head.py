@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from kernelscope.errors import ModelError, UsageError
+from kernelscope.errors import ModelError, UsageError, some_of
 from kernelscope.model.graph import GraphIndex, NotConstant, attribute, constant_value, node_label
 
 #: Ops that keep each row's order of classes whatever their settings.
@@ -101,17 +101,11 @@ def find_linear_head(proto: onnx.ModelProto, output: str, layer: str | None = No
             if node.op_type == "DequantizeLinear":
                 hint = _dequantize_hint(index, node)
             elif linear:
-                hint = (
-                    f"pass --layer NAME to pick one of its linear layers ({', '.join(linear[:6])}"
-                    + (" ..." if len(linear) > 6 else "")
-                    + ")"
-                )
+                hint = f"pass --layer NAME to pick one of its linear layers ({some_of(linear, 6)})"
             elif quantized:
                 hint = (
-                    f"its linear layers are quantized ({', '.join(quantized[:4])}"
-                    + (" ..." if len(quantized) > 4 else "")
-                    + "), and neurons reads the weights of a float Gemm or MatMul only: run it on the float model "
-                    "before quantization"
+                    f"its linear layers are quantized ({some_of(quantized, 4)}), and neurons reads the weights "
+                    "of a float Gemm or MatMul only: run it on the float model before quantization"
                 )
             else:
                 hint = "the model has no Gemm or MatMul"
@@ -126,7 +120,7 @@ def find_linear_head(proto: onnx.ModelProto, output: str, layer: str | None = No
     ]
     if not candidates:
         linear = [node_label(n) for n in proto.graph.node if n.op_type in ("Gemm", "MatMul")]
-        listing = ", ".join(linear[:12]) + (" ..." if len(linear) > 12 else "")
+        listing = some_of(linear, 12)
         raise UsageError(f"no node named {layer!r} in the model; its linear layers are: {listing or 'none'}")
     node = index.node(candidates[0])
     if node.op_type not in ("Gemm", "MatMul"):
