@@ -59,6 +59,7 @@ class InspectConfig:
     bootstrap: int = 1000
     attack: bool = True
     epsilons: tuple[float, ...] | None = None  # None: the default sweep for the data (see eps_sweep)
+    extra_epsilons: tuple[float, ...] = ()  # added to the sweep (the ε values gates read)
     eps_sweep: str = "lin"
     bounds: tuple[float, float] = (0.0, 1.0)
     atol: float | None = None  # None: 1e-4, or 1e-2 for float16 graphs
@@ -325,6 +326,7 @@ def inspect_model(
             fragile=fragile,
             null=null,
             epsilons=config.epsilons,
+            extra_epsilons=config.extra_epsilons,
             sweep=config.eps_sweep,
             bounds=config.bounds,
             batch_size=config.batch_size,

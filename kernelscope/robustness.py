@@ -226,6 +226,7 @@ def run_attack(
     fragile: list[int],
     null: list[int],
     epsilons: Sequence[float] | None = None,
+    extra_epsilons: Sequence[float] = (),
     sweep: str = "lin",
     bounds: tuple[float, float] = (0.0, 1.0),
     batch_size: int = 128,
@@ -239,7 +240,8 @@ def run_attack(
 ) -> AttackReport:
     """The FGSM (or PGD) sweep through the checked mirror, judged by the deployed model, with targeting.
 
-    ``targeting_at``: the tensor Algorithm 1 compares, ``conv`` (the convolution's output, the paper's) or
+    ``extra_epsilons`` join the sweep (the ε values a gate reads). ``targeting_at``: the tensor Algorithm 1
+    compares, ``conv`` (the convolution's output, the paper's) or
     ``activation`` (after the bias / BatchNormalization / activation that directly follow it); see
     :func:`targeting_site`.
     """
@@ -257,6 +259,10 @@ def run_attack(
         source += ", L2)" if norm == "l2" else ")"
     else:
         values, source = list(epsilons), "option"
+    missing = [e for e in extra_epsilons if not any(abs(e - v) <= 1e-12 for v in values)]
+    if missing:
+        values = sorted([*values, *missing])
+        source += f" + {', '.join(f'{e:g}' for e in missing)} for the gates"
     values = check_epsilons(values, bounds)
     site = targeting_site(batching.proto, layer, targeting_at)
     evaluator = OnnxEvaluator(batching, image_input, output, site, providers, threads)

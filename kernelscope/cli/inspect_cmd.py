@@ -69,6 +69,7 @@ def inspect_command(
     min_accuracy: Annotated[
         float | None, typer.Option(help="Exit 1 when baseline accuracy is below this (0..1).")
     ] = None,
+    fail_under: opt.FailUnderOption = None,
     device: opt.DeviceOption = "auto",
     threads: opt.ThreadsOption = None,
     top: Annotated[int | None, typer.Option(help="Show only the N lowest-accuracy kernels in the table.")] = None,
@@ -88,13 +89,17 @@ def inspect_command(
     # Heavy libraries (torch, onnx, onnxruntime) load only when the command runs, so --help stays instant.
     from kernelscope.attacks.pgd import PgdSettings
     from kernelscope.audit import inspect_model
-    from kernelscope.cli.render import render_inspect
+    from kernelscope.cli.render import render_gates, render_inspect
     from kernelscope.report.json_report import inspect_to_dict
 
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
         raise UsageError(f"--min-accuracy is a fraction between 0 and 1, not {min_accuracy}")
     if top is not None and top <= 0:
         raise UsageError(f"--top must be positive, not {top}")
+    from kernelscope import gates as gating
+
+    gates = gating.parse_gates(fail_under or [])
+    gating.check_runnable(gates, attack=not no_attack, attack_method=attack.lower())
     check_report_outputs(json_path, html_path, plots_dir, force=force, inputs=(model,))
     config = opt.inspect_config(
         data=data, data_dir=data_dir, split=split, download=download, layer=layer, output=output,
@@ -102,18 +107,26 @@ def inspect_command(
         std=std, layout=layout, size=size, channels=channels, device=device, threads=threads, bootstrap=bootstrap,
         attack=not no_attack, attack_method=attack.lower(), epsilons=eps, epsilons_option="--eps",
         eps_sweep=eps_sweep, bounds=bounds, atol=atol, method=method, compare_exact=compare_exact,
-        targeting_at=targeting_at,
+        targeting_at=targeting_at, extra_epsilons=gating.gate_epsilons(gates),
         pgd=PgdSettings(
             norm=pgd_norm.lower(), steps=pgd_steps, step_size=pgd_step_size, random_start=pgd_random_start,
             restarts=pgd_restarts,
         ),
     )  # fmt: skip
     report = inspect_model(model, config, progress=progress_for(quiet))
+    doc = inspect_to_dict(report) if gates or json_path or html_path or plots_dir else {}
+    outcomes = gating.evaluate(gates, doc)
+    if gates:
+        doc["gates"] = [o.to_dict() for o in outcomes]
     render_inspect(console(), report, top=top, quiet=quiet)
-    write_report_outputs(lambda: inspect_to_dict(report), json_path, html_path, plots_dir, quiet=quiet)
+    render_gates(console(), outcomes)
+    write_report_outputs(lambda: doc, json_path, html_path, plots_dir, quiet=quiet)
+    failed = gating.failure_line(outcomes)
     if min_accuracy is not None:
         baseline = report.baseline_accuracy
         if baseline is None:
             raise UsageError("--min-accuracy needs a clean accuracy: use --method exact or hybrid, or keep the attack")
         if baseline < min_accuracy:
             raise AuditFailed(f"baseline accuracy {baseline:.2%} is below --min-accuracy {min_accuracy:.2%}")
+    if failed:
+        raise AuditFailed(failed)

@@ -91,6 +91,15 @@ PlotsOption = Annotated[
     ),
 ]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite existing output files.", rich_help_panel=OUTPUT)]
+FailUnderOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--fail-under",
+        help="Gates: exit 1 unless each holds, e.g. clean=0.9,fgsm@0.01=0.3,pgd@0.01=0.2,worst@0.01=0.2 (lower "
+        "bounds, fractions) or fragile-share=0.5 (upper bound); ε values join the sweep. Repeatable.",
+        rich_help_panel=OUTPUT,
+    ),
+]
 QuietOption = Annotated[
     bool,
     typer.Option(

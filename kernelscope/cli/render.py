@@ -469,3 +469,22 @@ def render_neurons(console: Console, report: NeuronsReport, top: int = 10, quiet
     body = [Text(report.verdict)]
     body += [Text(f"⚠ {warning}", style="yellow") for warning in report.warnings]
     console.print(Panel(Group(*body), title="Verdict", title_align="left"))
+
+
+def render_gates(console: Console, outcomes: list) -> None:
+    """The gates and their outcome (printed with --quiet too: a CI log wants them)."""
+    if not outcomes:
+        return
+    table = Table(title="Gates", title_justify="left")
+    for name in ("gate", "measured", "must be", "outcome"):
+        table.add_column(name, justify="right" if name == "measured" else "left")
+    for o in outcomes:
+        sign = "≤" if o.gate.upper_bound or o.kind == "max-drop" else "≥"
+        what = ("rise " if o.gate.upper_bound else "drop ") if o.kind == "max-drop" else ""
+        table.add_row(
+            o.gate.name,
+            "not measured" if o.value is None else f"{what}{o.value:.6g}",
+            f"{what}{sign} {o.gate.threshold:g}",
+            Text("pass", style="green") if o.passed else Text("FAIL", style="bold red"),
+        )
+    console.print(table)
