@@ -15,9 +15,11 @@ import typer
 from typer.exceptions import TyperException
 
 from kernelscope import __version__
+from kernelscope.cli.compare_cmd import compare_command
 from kernelscope.cli.harden_cmd import harden_command
 from kernelscope.cli.inspect_cmd import inspect_command
 from kernelscope.cli.neurons_cmd import neurons_command
+from kernelscope.cli.report_cmd import report_command
 from kernelscope.errors import KernelscopeError
 
 
@@ -48,6 +50,8 @@ app = typer.Typer(
 app.command("inspect")(_interruptible(inspect_command))
 app.command("harden")(_interruptible(harden_command))
 app.command("neurons")(_interruptible(neurons_command))
+app.command("compare")(_interruptible(compare_command))
+app.command("report")(_interruptible(report_command))
 
 
 def _version(value: bool) -> None:

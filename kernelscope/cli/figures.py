@@ -17,9 +17,16 @@ def figure_files(command: str) -> dict[str, str]:
         from kernelscope.report.neurons_page import FIGURE_FILES as NEURONS_FILES
 
         return dict(NEURONS_FILES)
+    if command == "compare":
+        from kernelscope.report.compare_page import FIGURE_FILES as COMPARE_FILES
+
+        return dict(COMPARE_FILES)
     from kernelscope.report.plots import FIGURE_FILES
 
-    return dict(FIGURE_FILES)
+    files = dict(FIGURE_FILES)
+    if command == "inspect":
+        del files["frontier"]  # harden's candidates; an inspect report has none to draw
+    return files
 
 
 def check_figure_outputs(
@@ -127,6 +134,8 @@ def _figure_writers(
     """(save_figures, available_figures) of the module that draws the report's command's figures."""
     if report.get("command") == "neurons":
         from kernelscope.report import neurons_page as module
+    elif report.get("command") == "compare":
+        from kernelscope.report import compare_page as module  # type: ignore[no-redef]
     else:
         from kernelscope.report import plots as module  # type: ignore[no-redef]
     return module.save_figures, module.available_figures

@@ -488,3 +488,46 @@ def render_gates(console: Console, outcomes: list) -> None:
             Text("pass", style="green") if o.passed else Text("FAIL", style="bold red"),
         )
     console.print(table)
+
+
+def render_compare(console: Console, doc: dict, quiet: bool = False) -> None:
+    """Print the ``compare`` report: the inputs, each kernel's side in each, the verdict."""
+    from kernelscope.compare import common_epsilons, verdict
+
+    if quiet:
+        console.print(verdict(doc), soft_wrap=True)
+        return
+    shared = [e for e in common_epsilons(doc) if e > 0]
+    inputs = Table(title="Inputs, in order", title_justify="left")
+    for name in ("#", "input", "source", "baseline", "fragile", *[f"ε={e:g}" for e in shared]):
+        inputs.add_column(name, justify="left" if name in ("input", "source") else "right")
+    for i, item in enumerate(doc["inputs"]):
+        by_eps = {e["epsilon"]: e["accuracy"] for e in item["sweep"]}
+        inputs.add_row(
+            str(i + 1), Text(item["label"]), item["source"],
+            "–" if item["baseline_accuracy"] is None else f"{item['baseline_accuracy']:.2%}",
+            f"{len(item['fragile'])} ({item['fragile_share']:.0%})",
+            *["–" if by_eps.get(e) is None else f"{by_eps[e]:.2%}" for e in shared],
+        )  # fmt: skip
+    attacks = sorted({str(i["attack"]).upper() for i in doc["inputs"] if i["attack"]})
+    if shared:
+        inputs.caption = f"ε columns: accuracy under {', '.join(attacks)} at each ε every input measured"
+    console.print(inputs)
+    console.print()
+    kernels = Table(title="Kernels: side in each input (S fragile, S' null) and accuracy with it dropped",
+                    title_justify="left")  # fmt: skip
+    kernels.add_column("k", justify="right")
+    kernels.add_column("fragile in")
+    for i in range(len(doc["inputs"])):
+        kernels.add_column(f"#{i + 1}", justify="right")
+    always, some = set(doc["fragile_in_all"]), set(doc["fragile_in_some"])
+    for kernel in doc["kernels"]:
+        k = kernel["index"]
+        group = "all" if k in always else "some" if k in some else "none"
+        cells = [
+            Text(f"{side:<2} {'–' if acc is None else f'{acc:.2%}'}", style="red" if side == "S" else "")
+            for side, acc in zip(kernel["sides"], kernel["accuracies"], strict=True)
+        ]
+        kernels.add_row(str(k), Text(group, style="bold red" if group == "all" else ""), *cells)
+    console.print(kernels)
+    console.print(Panel(Text(verdict(doc)), title="Verdict", title_align="left"))

@@ -780,4 +780,8 @@ def report_page(report: Report, hardened: Report | None = None) -> str:
         from kernelscope.report.neurons_page import neurons_page  # it imports this module
 
         return neurons_page(report)
+    if report.get("command") == "compare":
+        from kernelscope.report.compare_page import compare_page  # it imports this module
+
+        return compare_page(report)
     return inspect_page(report, hardened)
