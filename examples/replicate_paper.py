@@ -265,6 +265,33 @@ def trend_figure(rows: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+def compare_lines(rows: list[dict[str, Any]], path: Path, rel: Any) -> list[str]:
+    """The paper's Fig. 4 question with `kernelscope compare`: which kernels stay fragile across training."""
+    from kernelscope.compare import compare_reports
+    from kernelscope.compare import verdict as compare_verdict
+    from kernelscope.report import plots
+    from kernelscope.report.compare_page import kernels_figure
+
+    series = sorted((r for r in rows if r["epochs"] is not None and r["family"] == rows[0]["family"]),
+                    key=lambda r: r["epochs"])  # fmt: skip
+    if len(series) < 2:
+        return []
+    doc = compare_reports([r["inspect"] for r in series], [f"{r['model']}.inspect.json" for r in series])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(plots.figure_png(kernels_figure(doc), dpi=90))
+    names = " ".join(f"docs/replication/{r['model']}.inspect.json" for r in series)
+    counts = [f"{len(i['fragile'])} at {r['epochs']} epoch(s)" for i, r in zip(doc["inputs"], series, strict=True)]
+    return [
+        "The paper's Fig. 4 follows the first layer's kernels across training: are the fragile ones the same at "
+        f"every checkpoint? `kernelscope compare {names} --html c.html` (from the saved reports; no model or data "
+        f"needed) answers it for the {series[0]['family']} checkpoints: {compare_verdict(doc)} Fragile kernels: "
+        f"{', '.join(counts)}.",
+        "",
+        f"![fragile kernels across the {series[0]['family']} checkpoints]({rel(path)})",
+        "",
+    ]
+
+
 def row_for(model: Path, files: dict[str, str], json_dir: Path) -> dict[str, Any]:
     """Everything the page says about one model, read from its JSON reports."""
     inspect_doc = json.loads((json_dir / files["inspect"]).read_text())
@@ -442,6 +469,7 @@ def render_page(
     trend = trend_figure(rows, image_root / "trend.png")
     if trend is not None:
         lines += ["", "## Training length", "", f"![first-layer findings against training length]({rel(trend)})", ""]
+        lines += compare_lines(rows, image_root / "compare_kernels.png", rel)
     lines += ["", "## Figures", ""]
     lines.append(
         "For each model: Fig. 1 (accuracy with each kernel dropped, S / S' marked, the mean line) from the `inspect` "
