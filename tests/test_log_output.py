@@ -85,3 +85,17 @@ def test_the_json_numbers_appear_whole_in_a_pipe(runs):
         if command == "inspect":
             for kernel in doc["kernels"]:
                 assert f"{100 * kernel['accuracy']:.2f}%" in tokens, kernel
+
+
+def test_compare_tables_are_whole_too(runs):
+    from kernelscope.compare import compare_reports
+
+    _, _, doc = runs["inspect"]
+    labels = [f"a_checkpoint_with_a_rather_long_file_name_epoch_{e}.json" for e in (1, 50, 100)]
+    comparison = compare_reports([doc, doc, doc], labels)
+    pipe = _render(render.render_compare, comparison, pipe=True)
+    narrow = _render(render.render_compare, comparison, pipe=False)
+    assert "…" not in pipe and "…" not in narrow
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+    assert _digits(pipe) == _digits(narrow)
+    assert all(label in pipe for label in labels)
