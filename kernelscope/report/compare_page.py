@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kernelscope.io import atomic_write_bytes
 from kernelscope.report import plots
 from kernelscope.report.html import Cell, KeyValues, Paragraph, Section, Table, figure_image, render_page
 
@@ -98,14 +97,8 @@ def available_figures(doc: Report) -> list[str]:
 
 def save_figures(doc: Report, directory: str | os.PathLike[str], *, dpi: int = plots.DPI) -> list[Path]:
     """Write the figures as PNG files into ``directory`` (created if needed), atomically; returns the paths."""
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in available_figures(doc):
-        path = target / FIGURE_FILES[name]
-        atomic_write_bytes(path, plots.figure_png(_DRAW[name](doc), dpi=dpi))
-        written.append(path)
-    return written
+    figures = [(FIGURE_FILES[n], lambda n=n: _DRAW[n](doc)) for n in available_figures(doc)]
+    return plots.write_pngs(directory, figures, dpi)
 
 
 def _pct(value: float | None) -> str:

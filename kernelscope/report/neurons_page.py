@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kernelscope.io import atomic_write_bytes
 from kernelscope.report import plots
 from kernelscope.report.html import (
     Block,
@@ -161,14 +160,8 @@ def save_figures(report: Report, directory: str | os.PathLike[str], *, dpi: int 
     File names are those of :data:`FIGURE_FILES`; each file is written atomically (a temporary file renamed
     into place). Returns the paths written, in page order (only the sensitivity bars for ``--no-attack``).
     """
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in available_figures(report):
-        path = target / FIGURE_FILES[name]
-        atomic_write_bytes(path, plots.figure_png(_DRAW[name](report), dpi=dpi))
-        written.append(path)
-    return written
+    figures = [(FIGURE_FILES[n], lambda n=n: _DRAW[n](report)) for n in available_figures(report)]
+    return plots.write_pngs(directory, figures, dpi)
 
 
 def _summary(report: Report) -> list[Block]:

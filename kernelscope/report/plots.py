@@ -40,7 +40,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -550,11 +550,19 @@ def save_figures(
     File names are those of :data:`FIGURE_FILES`; each file is written atomically. Returns the paths written,
     in figure order (only Fig. 1 for a ``--no-attack`` report).
     """
+    names = available_figures(report, hardened)
+    return write_pngs(directory, [(FIGURE_FILES[n], lambda n=n: draw_figure(n, report, hardened)) for n in names], dpi)
+
+
+def write_pngs(
+    directory: str | os.PathLike[str], figures: Sequence[tuple[str, Callable[[], Figure]]], dpi: int = DPI
+) -> list[Path]:
+    """Draw each (file name, figure maker) and write it as PNG into ``directory`` (created), atomically."""
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in available_figures(report, hardened):
-        path = target / FIGURE_FILES[name]
-        atomic_write_bytes(path, figure_png(draw_figure(name, report, hardened), dpi=dpi))
+    for name, draw in figures:
+        path = target / name
+        atomic_write_bytes(path, figure_png(draw(), dpi=dpi))
         written.append(path)
     return written
