@@ -97,6 +97,16 @@ def relu_head(softmax: bool = False) -> tuple[onnx.ModelProto, np.ndarray, np.nd
     return model, w, b
 
 
+def monotone_head(*ops: str) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """Gemm, then element-wise increasing ops (e.g. Softmax → Log, as some exporters write log-probabilities)."""
+    model, w, b = _base()
+    tensor = _add(model, "Gemm", ["flat", _const(model, "W", w), _const(model, "bias", b)], "z", transB=1)
+    for i, op in enumerate(ops):
+        attrs = {"axis": -1} if op == "Softmax" else {}
+        tensor = _add(model, op, [tensor], "logits" if i == len(ops) - 1 else f"{op.lower()}_out", **attrs)
+    return model, w, b
+
+
 def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
     onnx.checker.check_model(model)
     return model
@@ -150,6 +160,8 @@ PATTERNS = {
     ),
     "relu": (lambda: relu_head(), "Gemm", "z", ("Relu:logits_node",)),
     "relu_softmax": (lambda: relu_head(softmax=True), "Gemm", "z", ("Relu:relu_out_node",)),
+    "log_softmax": (lambda: monotone_head("Softmax", "Log"), "Gemm", "z", ("Log:logits_node",)),
+    "sigmoid": (lambda: monotone_head("Sigmoid"), "Gemm", "z", ("Sigmoid:logits_node",)),
 }
 
 

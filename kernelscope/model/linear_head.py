@@ -6,9 +6,11 @@ walking back from the scored output through ops that keep every image's order of
 argmax and its ties): Identity, Flatten, Reshape, Squeeze, Unsqueeze, Dropout, a float Cast, Softmax and
 LogSoftmax over the class axis, and Add/Sub of a scalar constant or Mul/Div by a positive scalar constant.
 
-It also passes two monotone ops that can *tie* logits the layer keeps apart (listed in ``LinearHead.ties``):
-a ``Relu`` (every negative logit becomes 0) and a per-tensor ``QuantizeLinear`` → ``DequantizeLinear`` pair
-(logits within one quantization step, or beyond its range, become equal). The layer's output z is then taken
+It also passes increasing ops that can *tie* logits the layer keeps apart (listed in ``LinearHead.ties``):
+``Relu`` (every negative logit becomes 0), ``Log`` (the ``Log(Softmax)`` head some exporters write; a
+probability that underflows to 0 becomes -inf), ``Sigmoid`` / ``Tanh`` (saturate), ``Exp``, ``Softplus``, and a
+per-tensor ``QuantizeLinear`` → ``DequantizeLinear`` pair (logits within one quantization step, or beyond its
+range, become equal). The layer's output z is then taken
 as the logits: Δ is about argmax z, and the command reports how often that is the deployed prediction.
 The layer ends at a ``Gemm`` or ``MatMul``, possibly followed by a separate constant bias ``Add`` (tf2onnx,
 keras2onnx, CNTK), with shape-only ops (Identity, Reshape, Flatten, Squeeze, Unsqueeze) between them.
@@ -26,6 +28,10 @@ from kernelscope.model.graph import GraphIndex, NotConstant, attribute, constant
 
 #: Ops that keep each row's order of classes whatever their settings.
 _ORDER_KEEPING = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Dropout")
+#: Element-wise increasing ops that float rounding or their range can make tie distinct logits: Log after a
+#: Softmax (a probability that underflows to 0 gives -inf), Sigmoid / Tanh (saturate to 1), Exp (overflows),
+#: Softplus, and Relu (every negative value becomes 0).
+_MONOTONE_TYING = ("Relu", "Log", "Exp", "Sigmoid", "Tanh", "Softplus")
 #: Ops that only change the layout of a tensor: allowed between a MatMul / Gemm and its separate bias Add.
 _SHAPE_ONLY = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze")
 #: Lowest value of each quantized type: a DequantizeLinear with this zero point gives values >= 0.
@@ -152,8 +158,8 @@ def _walk_back(index: GraphIndex, output: str) -> tuple[str, tuple[str, ...], tu
             passed.append(f"{node.op_type}:{node_label(node)}")
             tensor = data
             continue
-        if node.op_type == "Relu" and node.input and node.input[0]:
-            label = f"Relu:{node_label(node)}"
+        if node.op_type in _MONOTONE_TYING and node.input and node.input[0]:
+            label = f"{node.op_type}:{node_label(node)}"
             passed.append(label)
             ties.append(label)
             tensor = node.input[0]
