@@ -178,18 +178,18 @@ def _m_two_inputs(d: Path) -> Path:
     return save(model, d / "m.onnx")
 
 
-def _m_rank3_input(d: Path) -> Path:
+def _m_rank2_input(d: Path) -> Path:
     model = _graph_model(
         [
-            helper.make_node("Unsqueeze", ["image", "axes"], ["image4"]),
+            helper.make_node("Reshape", ["image", "shape"], ["image4"]),
             helper.make_node("Conv", ["image4", "w"], ["c"], name="conv"),
             helper.make_node("GlobalAveragePool", ["c"], ["p"]),
             helper.make_node("Flatten", ["p"], ["logits"]),
         ],
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [3, 8, 8])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 192])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
         [
-            numpy_helper.from_array(np.array([0], dtype=np.int64), "axes"),
+            numpy_helper.from_array(np.array([1, 3, 8, 8], dtype=np.int64), "shape"),
             numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w"),
         ],
     )
@@ -335,7 +335,7 @@ MODEL_CASES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("weight-is-graph-input", lambda d: _model(d, weight_as="input"), "first_conv' is a graph input ('w')"),
     ("weight-computed", lambda d: _model(d, weight_as="computed"), "is computed at run time by Add"),
     ("two-image-inputs", _m_two_inputs, "has 2 inputs (raw, mask)"),
-    ("rank-3-input", _m_rank3_input, "expects a 4-D image batch"),
+    ("rank-2-input", _m_rank2_input, "expects a 4-D image batch"),
     ("int64-input", _m_int_input, "has element type INT64"),
     ("nan-weights", _m_weights(float("nan")), "contains 1 NaN or Inf values"),
     ("inf-weights", _m_weights(float("inf")), "contains 1 NaN or Inf values"),
@@ -511,7 +511,7 @@ OPTION_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("batch-size-0", lambda d: ["--batch-size", "0"], "--batch-size must be positive"),
     ("size-0", lambda d: ["--size", "0,32"], "--size must be positive integers"),
     ("channels-2", lambda d: ["--channels", "2"], "--channels must be 1 or 3"),
-    ("layout-ncwh", lambda d: ["--layout", "NCWH"], "layout must be NCHW or NHWC"),
+    ("layout-ncwh", lambda d: ["--layout", "NCWH"], "layout must be NCHW, NHWC or NHW"),
     ("drop-foo", lambda d: ["--drop", "foo"], "--drop must be"),
     ("bootstrap-negative", lambda d: ["--bootstrap", "-1"], "--bootstrap must be 0 or more"),
     ("atol-0", lambda d: ["--atol", "0"], "--atol must be positive"),

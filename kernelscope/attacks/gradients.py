@@ -34,6 +34,8 @@ def model_input_from_unit_pixels(x01: torch.Tensor, preprocessing: Preprocessing
         values = (pixels * preprocessing.scale - mean) / std
     if preprocessing.layout == "NCHW":
         values = values.permute(0, 3, 1, 2)
+    elif preprocessing.layout == "NHW":
+        values = values[..., 0]
     return values.contiguous()
 
 

@@ -55,7 +55,10 @@ StdOption = Annotated[
 ]
 LayoutOption = Annotated[
     str | None,
-    typer.Option(help="Model input layout: NCHW or NHWC (default: from the model).", rich_help_panel=PREPROCESSING),
+    typer.Option(
+        help="Model input layout: NCHW, NHWC, or NHW for a 3-D one-channel input (default: from the model).",
+        rich_help_panel=PREPROCESSING,
+    ),
 ]
 SizeOption = Annotated[
     str | None,

@@ -26,7 +26,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "fashion-mnist": {"scale": 1 / 255, "mean": (0.2860,), "std": (0.3530,)},
 }
 
-LAYOUTS = ("NCHW", "NHWC")
+#: NHW: a 3-D batch of one-channel images (N, H, W), as some tf2onnx MNIST exports take.
+LAYOUTS = ("NCHW", "NHWC", "NHW")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class Preprocessing:
             values = (pixels.astype(np.float32) * np.float32(self.scale) - mean) / std
         if self.layout == "NCHW":
             values = values.transpose(0, 3, 1, 2)
+        elif self.layout == "NHW":
+            values = values[..., 0]
         return np.ascontiguousarray(values.astype(dtype, copy=False))
 
     def describe(self) -> dict[str, object]:
@@ -126,6 +129,8 @@ def _static(dim: object) -> int | None:
 
 
 def _guess_layout(shape: tuple | None) -> str | None:
+    if shape is not None and len(shape) == 3:
+        return "NHW"
     if shape is None or len(shape) != 4:
         return None
     c_first, c_last = _static(shape[1]), _static(shape[3])
@@ -176,10 +181,18 @@ def resolve_preprocessing(
         layout = layout or "NCHW"
     layout = str(layout).upper()
     if layout not in LAYOUTS:
-        raise UsageError(f"layout must be NCHW or NHWC, not {layout!r}")
+        raise UsageError(f"layout must be NCHW, NHWC or NHW, not {layout!r}")
+    rank = len(input_shape) if input_shape is not None else None
+    if (layout == "NHW") != (rank == 3) and rank is not None:
+        raise UsageError(
+            f"layout {layout} does not fit the model's {rank}-D input; NHW is for 3-D (N, H, W) inputs only"
+        )
 
     shape = tuple(input_shape) if input_shape is not None else (None, None, None, None)
-    if layout == "NCHW":
+    if layout == "NHW":
+        model_h, model_w = (_static(d) for d in shape[1:3])
+        model_channels = 1
+    elif layout == "NCHW":
         model_channels, model_h, model_w = (_static(d) for d in shape[1:4])
     else:
         model_h, model_w, model_channels = (_static(d) for d in shape[1:4])

@@ -381,10 +381,10 @@ def _describe(path: Path, fmt: str, proto: onnx.ModelProto, extra: dict) -> Load
     image = _tensor_info(inputs[0])
     if not inputs[0].type.HasField("tensor_type"):
         raise ModelError(f"{path}: input {image.name!r} is not a tensor; an image batch is expected")
-    if image.rank is not None and image.rank != 4:
+    if image.rank is not None and image.rank not in (3, 4):
         raise ModelError(
             f"{path}: input {image.name!r} has {image.rank} dimensions {list(image.shape or ())}; kernelscope "
-            "expects a 4-D image batch (N,C,H,W or N,H,W,C)"
+            "expects a 4-D image batch (N,C,H,W or N,H,W,C) or a 3-D batch of one-channel images (N,H,W)"
         )
     if image.elem_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.UINT8):
         raise ModelError(
@@ -446,7 +446,7 @@ def _metadata_problem(key: str, value: object) -> str | None:
             ),
             "non-zero numbers",
         ),
-        "layout": (lambda v: isinstance(v, str) and v.upper() in ("NCHW", "NHWC"), "NCHW or NHWC"),
+        "layout": (lambda v: isinstance(v, str) and v.upper() in ("NCHW", "NHWC", "NHW"), "NCHW, NHWC or NHW"),
         "size": (
             lambda v: (
                 isinstance(v, list)
