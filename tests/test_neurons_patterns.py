@@ -107,6 +107,16 @@ def monotone_head(*ops: str) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
     return model, w, b
 
 
+def conv_head() -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """A fully connected layer written as a 1x1 Conv on the pooled (N, d, 1, 1) map, then Flatten."""
+    model, w, b = _base()
+    model.graph.node.remove(next(n for n in model.graph.node if n.op_type == "Flatten"))
+    kernel = w.reshape(CLASSES, FEATURES, 1, 1)
+    z = _add(model, "Conv", ["pool", _const(model, "K", kernel), _const(model, "bias", b)], "z")
+    _add(model, "Flatten", [z], "logits")
+    return model, w, b
+
+
 def _finish(model: onnx.ModelProto) -> onnx.ModelProto:
     onnx.checker.check_model(model)
     return model
@@ -160,6 +170,7 @@ PATTERNS = {
     ),
     "relu": (lambda: relu_head(), "Gemm", "z", ("Relu:logits_node",)),
     "relu_softmax": (lambda: relu_head(softmax=True), "Gemm", "z", ("Relu:relu_out_node",)),
+    "conv_head": (lambda: conv_head(), "Conv", "z", ()),
     "log_softmax": (lambda: monotone_head("Softmax", "Log"), "Gemm", "z", ("Log:logits_node",)),
     "sigmoid": (lambda: monotone_head("Sigmoid"), "Gemm", "z", ("Sigmoid:logits_node",)),
 }
@@ -262,3 +273,15 @@ def test_layer_pick_takes_the_separate_bias_add_behind_a_reshape():
     head = find_linear_head(model, "logits", layer="mm_node")
     assert head.op_type == "MatMul+Add" and head.logits_tensor == "logits" and head.connected
     np.testing.assert_allclose(head.bias, b)
+
+
+def test_a_conv_that_does_not_cover_its_input_is_refused_by_name(tmp_path, capsys):
+    model, w, b = _base()
+    model.graph.node.remove(next(n for n in model.graph.node if n.op_type == "Flatten"))
+    z = _add(
+        model, "Conv", ["relu", _const(model, "K", w.reshape(CLASSES, FEATURES, 1, 1)), _const(model, "b2", b)], "z"
+    )
+    _add(model, "Flatten", [z], "logits")  # a 1x1 Conv over the 8x8 map: not a fully connected layer
+    code, _, err = _run_neurons(model, tmp_path, capsys, "--no-attack")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "is not a fully connected layer" in lines[0], err

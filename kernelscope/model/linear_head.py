@@ -12,6 +12,9 @@ probability that underflows to 0 becomes -inf), ``Sigmoid`` / ``Tanh`` (saturate
 per-tensor ``QuantizeLinear`` → ``DequantizeLinear`` pair (logits within one quantization step, or beyond its
 range, become equal). The layer's output z is then taken
 as the logits: Δ is about argmax z, and the command reports how often that is the deployed prediction.
+A fully connected layer written as a ``Conv`` whose kernel covers its whole input (a 1x1 Conv on a pooled
+1x1 map, or a kh x kw Conv on a kh x kw map; group 1, no padding) is read as W f + b with f the flattened
+input (checked on the data: a Conv that covers less is refused by name).
 The layer ends at a ``Gemm`` or ``MatMul``, possibly followed by a separate constant bias ``Add`` (tf2onnx,
 keras2onnx, CNTK), with shape-only ops (Identity, Reshape, Flatten, Squeeze, Unsqueeze) between them.
 """
@@ -117,7 +120,8 @@ def find_linear_head(proto: onnx.ModelProto, output: str, layer: str | None = No
                 hint = "the model has no Gemm or MatMul"
             raise ModelError(
                 f"the output {output!r} comes from {node.op_type} node {node_label(node)!r}, not from a final linear "
-                f"layer (Gemm or MatMul, with or without a bias Add, through Flatten/Reshape/Softmax-like ops, "
+                f"layer (Gemm, MatMul or a Conv covering its whole input, with or without a bias Add, through "
+                f"Flatten/Reshape/Softmax-like ops, "
                 f"Relu or QuantizeLinear/DequantizeLinear); {hint}"
             )
         return _describe(index, *head, after=after, connected=True, ties=ties)
@@ -273,6 +277,8 @@ def _head_from(index: GraphIndex, node_index: int, accept_bias_add: bool = False
     constant bias includes that Add.
     """
     node = index.node(node_index)
+    if node.op_type == "Conv" and _dense_conv(node):
+        return node_index, None, node.output[0]
     if node.op_type in ("Gemm", "MatMul"):
         if accept_bias_add:
             tensor = node.output[0]
@@ -295,6 +301,19 @@ def _head_from(index: GraphIndex, node_index: int, accept_bias_add: bool = False
             if linear is not None:
                 return linear, node_index, node.output[0]
     return None
+
+
+def _dense_conv(node: onnx.NodeProto) -> bool:
+    """A Conv that can be a fully connected layer (its kernel covering its whole input): group 1, dilation 1,
+    no padding. Whether the kernel really covers the input is checked on the data (the layer's output must be
+    W f + b with f the flattened input)."""
+    pads = attribute(node, "pads", None)
+    return (
+        attribute(node, "group", 1) == 1
+        and all(d == 1 for d in (attribute(node, "dilations", None) or [1]))
+        and all(p == 0 for p in (pads or [0]))
+        and attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", b"VALID", "NOTSET", "VALID")
+    )
 
 
 def _linear_behind(index: GraphIndex, tensor: str) -> int | None:
@@ -373,7 +392,17 @@ def _describe(
     label = node_label(node)
     if len(node.input) < 2 or not node.input[0]:
         raise ModelError(f"{node.op_type} node {label!r} has no data or weight input; the graph is malformed")
-    if node.op_type == "Gemm":
+    if node.op_type == "Conv":
+        kernel = _constant(index, node, 1, "weight")
+        if kernel.ndim < 3:
+            raise ModelError(f"the weight of Conv node {label!r} is {kernel.ndim}-D, not a convolution kernel")
+        # Covering its whole (C, kh, kw) input, the Conv is W f + b with f the input flattened in that order.
+        weight = kernel.reshape(kernel.shape[0], -1).astype(np.float64)
+        bias = np.zeros(weight.shape[0])
+        if len(node.input) > 2 and node.input[2]:
+            bias = _bias_vector(_constant(index, node, 2, "bias"), weight.shape[0], f"Conv node {label!r}")
+        op_type = "Conv"
+    elif node.op_type == "Gemm":
         if attribute(node, "transA", 0):
             raise ModelError(
                 f"Gemm node {label!r} has transA=1 (one image per column); kernelscope reads features as rows"

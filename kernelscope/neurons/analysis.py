@@ -166,6 +166,12 @@ def analyse_neurons(
     scores, features, layer_out = _read(deployed, data, config.inspect.batch_size, progress)
     timings["read_features"] = time.perf_counter() - clock
     _check_finite(head, features, scores, inputs.output.name)
+    if features.shape[1] != head.features and head.op_type == "Conv":
+        raise ModelError(
+            f"the last layer is Conv node {head.name!r}, whose kernel covers {head.features} of the "
+            f"{features.shape[1]} values of its input {head.feature_tensor!r}: it is not a fully connected layer, "
+            "and neurons reads a Gemm, a MatMul or a Conv whose kernel covers its whole input"
+        )
     if features.shape[1] != head.features:
         raise ModelError(
             f"the feature tensor {head.feature_tensor!r} holds {features.shape[1]} values per image but layer "
