@@ -300,8 +300,12 @@ def write_markdown(path: Path, rows: list, limit: int) -> None:
         # harden's documented exit 1: it ran, but wrote nothing (no level helped, or the change is a no-op)
         nothing_written = r["command"] == "harden" and r["rc"] == 1 and "nothing written" in r["error"]
         completed.setdefault(entry["id"], []).append(r["rc"] == 0 or nothing_written)
-        if entry.get("expect") == "refuse":
+        if entry.get("expect") == "refuse" and r["command"] in entry.get("refused_by", COMMANDS):
+            # "refused_by": the commands that must refuse it (neurons needs no Conv: an MLP is refused by
+            # inspect and harden only, and neurons must then run it)
             refused.setdefault(entry["id"], []).append(r["rc"] == 2)
+        elif entry.get("expect") == "refuse":
+            refused.setdefault(entry["id"], []).append(r["rc"] == 0)
     full = sum(all(v) and len(v) == len(COMMANDS) for k, v in passed.items() if k not in refused)
     done = sum(all(v) and len(v) == len(COMMANDS) for k, v in completed.items() if k not in refused)
     clean = sum(all(v) for v in refused.values())
@@ -309,7 +313,8 @@ def write_markdown(path: Path, rows: list, limit: int) -> None:
         "",
         f"{full} of {len(passed) - len(refused)} models that should run went through all three commands with exit 0"
         f" ({done} counting harden's exit 1 'nothing written' as done);"
-        f" {clean} of {len(refused)} that should be refused were refused with exit 2 by every command.",
+        f" {clean} of {len(refused)} that should be refused were refused with exit 2 by every command meant to"
+        " refuse them (and run by the others).",
     ]
     path.write_text("\n".join(out) + "\n")
     records = [{"id": entry["id"], "ref": ref, **r} for entry, r, ref in rows]
