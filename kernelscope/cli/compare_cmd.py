@@ -110,7 +110,7 @@ def compare_command(
             extra_epsilons=gating.gate_epsilons([*under, *drops]), pgd=PgdSettings(),
         )  # fmt: skip
         progress = progress_for(quiet)
-        for path in models:
+        for path in dict.fromkeys(models):  # a model given twice is audited once
             audited[path] = inspect_to_dict(inspect_model(path, config, progress=progress), include_timings=False)
     saved = iter(reports)
     docs = [audited[p] if p in audited else next(saved) for p in inputs]
