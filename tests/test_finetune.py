@@ -224,6 +224,10 @@ def trained(tmp_path_factory):
     onnx.save(proto, str(path))
     np.savez(directory / "train.npz", x=images[:400], y=labels[:400])
     np.savez(directory / "test.npz", x=images[400:], y=labels[400:])
+    # The same network as a TorchScript archive (its export fuses the BatchNormalization into the Conv).
+    extra = {"input_shape": [1, 3, 8, 8], "preprocessing": json.loads(entry.value)}
+    scripted = torch.jit.script(net)
+    torch.jit.save(scripted, str(directory / "net.pt"), _extra_files={"kernelscope.json": json.dumps(extra)})
     return path, directory / "train.npz", directory / "test.npz"
 
 
@@ -316,3 +320,86 @@ def test_bad_method_and_tune_are_usage_errors(trained, tmp_path, capsys):
         code = main(["harden", str(path), "--data", str(test), option, value, "-o", str(tmp_path / "h.onnx")])
         err = capsys.readouterr().err
         assert code == 2 and option in err and len(err.strip().splitlines()) == 1
+
+
+def _held_out(trained):
+    from kernelscope.harden import split_indices
+
+    data = np.load(trained[2])
+    _, held_out = split_indices(len(data["y"]), 0.5, 0)
+    return data["x"][held_out].astype(np.float32).transpose(0, 3, 1, 2) / 255.0, data["y"][held_out]
+
+
+@pytest.mark.parametrize("method", ["adversarial", "sensitivity"])
+def test_torchscript_input_is_written_back_as_torchscript(trained, tmp_path, monkeypatch, capsys, method):
+    import kernelscope.harden.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "choose", lambda candidates, worst: candidates[-1])
+    source = trained[0].with_suffix(".pt")
+    out, report = tmp_path / "h.pt", tmp_path / "h.json"
+    args = _harden_args(trained, out, report, "--method", method, "--force-write")
+    args[1] = str(source)
+    code = main(args)
+    assert code == 0, capsys.readouterr().err
+    h = json.loads(report.read_text())["harden"]
+    original, written = torch.jit.load(str(source)), torch.jit.load(str(out))
+    assert written.code == original.code  # the module's own code, not a re-traced one
+    before, after = original.state_dict(), written.state_dict()
+    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    # The fused Conv weight lands in conv.weight, the fused bias's change in the BatchNormalization's shift;
+    # the running statistics and the Conv's own bias stay as deployed.
+    assert set(changed) <= {"conv.weight", "bn.bias", "head.weight", "head.bias"} and "conv.weight" in changed
+    assert h["torchscript"]["parity_relative_diff"] <= 1e-4
+    assert {u["initializer"] for u in h["torchscript"]["updates"]} == set(h["changed_initializers"])
+    # The archive runs in torch with the held-out accuracy the report claims.
+    x, y = _held_out(trained)
+    with torch.no_grad():
+        accuracy = float(np.mean(written(torch.as_tensor(x)).argmax(dim=1).numpy() == y))
+    assert h["after"]["clean_accuracy"] == pytest.approx(accuracy)
+    extra = {"kernelscope.json": ""}
+    torch.jit.load(str(out), _extra_files=extra)
+    stored = json.loads(extra["kernelscope.json"])
+    assert stored["input_shape"] == [1, 3, 8, 8] and stored["harden"]["method"] == method
+    # kernelscope reads the written archive like any other input.
+    assert main(["inspect", str(out), "--data", str(trained[2]), "--no-attack", "-q"]) == 0
+
+
+def test_torchscript_input_with_an_onnx_name_is_written_as_onnx(trained, tmp_path, monkeypatch, capsys):
+    import kernelscope.harden.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "choose", lambda candidates, worst: candidates[-1])
+    out, report = tmp_path / "h.onnx", tmp_path / "h.json"
+    args = _harden_args(trained, out, report, "--method", "adversarial", "--force-write")
+    args[1] = str(trained[0].with_suffix(".pt"))
+    assert main(args) == 0, capsys.readouterr().err
+    onnx.checker.check_model(str(out), full_check=True)
+    x, y = _held_out(trained)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    accuracy = float(np.mean(session.run(None, {"input": x})[0].argmax(axis=1) == y))
+    assert json.loads(report.read_text())["harden"]["after"]["clean_accuracy"] == pytest.approx(accuracy)
+
+
+def test_an_onnx_input_cannot_be_written_as_torchscript(trained, tmp_path, capsys):
+    path, _, test = trained
+    code = main(["harden", str(path), "--data", str(test), "-o", str(tmp_path / "h.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "written back as ONNX" not in err and ".onnx name" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "h.pt").exists()
+
+
+def test_an_export_change_that_is_not_a_parameter_is_refused_by_name(trained):
+    from kernelscope.errors import ModelError
+    from kernelscope.harden.torchscript import _module_values
+    from kernelscope.model.loading import load_model
+
+    source = load_model(trained[0].with_suffix(".pt"))
+    state = {k: v.numpy() for k, v in torch.jit.load(str(trained[0].with_suffix(".pt"))).state_dict().items()}
+    values, updates = _module_values(source.proto, source.proto, state)
+    assert values == {} and updates == []
+    first = source.proto.graph.initializer[0].name
+    random = np.random.default_rng(0).normal(size=tuple(source.proto.graph.initializer[0].dims))
+    hardened = write_back(source.proto, {first: random.astype(np.float32)})
+    if first in state:  # a named parameter maps by name; make the file's name and values unknown to the module
+        state = {k: (v + 1 if v.dtype.kind == "f" else v) for k, v in state.items()}
+    with pytest.raises(ModelError, match=first.replace(".", r"\.")):
+        _module_values(source.proto, hardened, state)

@@ -17,7 +17,15 @@ from kernelscope.io import check_output_path
 def harden_command(
     model: Annotated[Path, typer.Argument(help="Classifier to harden: .onnx, or TorchScript .pt (torch.jit.save).")],
     data: opt.DataOption,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the hardened ONNX file.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Where to write the hardened model: ONNX (.onnx); a TorchScript input is written back as "
+            "TorchScript under any other name.",
+        ),
+    ],
     noise: Annotated[
         float | None,
         typer.Option(help="Force this noise level ε_n (skip the search); the file is written whatever it measures."),
@@ -113,9 +121,12 @@ def harden_command(
     from kernelscope.cli.render import render_harden
     from kernelscope.harden import HardenConfig, harden_model, write_hardened
     from kernelscope.harden.finetune import FinetuneSettings
+    from kernelscope.harden.pipeline import output_format
+    from kernelscope.model.loading import file_format
     from kernelscope.report.json_report import harden_to_dict
 
     check_output_path(out, force=force, inputs=(model,))
+    output_format(file_format(model), out)  # an ONNX input cannot be written as TorchScript: say so now
     if Path(f"{out}.data").exists():  # the external-data file a hardened copy of an external-data model uses
         check_output_path(Path(f"{out}.data"), force=force, inputs=(model,))
     check_report_outputs(json_path, html_path, plots_dir, force=force, inputs=(model, out), other_outputs=(out,))

@@ -67,11 +67,13 @@ from kernelscope.harden.svd import (
     noise_grid,
     unknown_noise_level,
 )
+from kernelscope.harden.torchscript import TorchScriptWrite
 from kernelscope.harden.writeback import changed_initializers, write_back
 from kernelscope.io import save_model_atomic
 from kernelscope.mirror.trainable import TUNE_SCOPES, TunableSelection, find_tunable
 from kernelscope.model.batching import Batching, resolve_batching
 from kernelscope.model.first_conv import find_conv
+from kernelscope.model.loading import TORCHSCRIPT_SUFFIXES
 from kernelscope.model.surgery.replace_weight import replace_conv_weight, set_metadata
 from kernelscope.progress import NO_PROGRESS, Progress
 from kernelscope.robustness import PreparedAttack, epsilon_kind, prepare_attack, run_attack
@@ -155,6 +157,7 @@ class HardenReport:
     changed_initializers: list[str] = field(default_factory=list)
     attacks: str = ""  # the judgement's attacks, in words
     clean_budget: float = 0.01
+    torchscript_write: TorchScriptWrite | None = None  # how a TorchScript archive was written back
 
     @property
     def improved(self) -> bool:
@@ -421,11 +424,6 @@ def harden_model(
             f"{len(tunable.quantized)} quantized layer(s) are not tuned (their integer weights stay as deployed): "
             + ", ".join(tunable.quantized)
         )
-    if inputs.model.format != "onnx" and finetuning:
-        report.warnings.append(
-            "the input is TorchScript: the tuned weights are written into its ONNX export (an .onnx file), not "
-            "into a TorchScript archive"
-        )
     report.verdict = _verdict(report)
     if info is not None and layer.quantized:
         wanted, _ = filter_weights(layer.weight, fragile, null, chosen.noise_level, config.svd_mode)
@@ -596,11 +594,54 @@ def _verdict(report: HardenReport) -> str:
     return text
 
 
+#: Images the written TorchScript archive is checked on against the hardened ONNX graph.
+TORCHSCRIPT_CHECK_IMAGES = 64
+
+
+def output_format(model_format: str, path: str | os.PathLike[str]) -> str:
+    """What ``harden -o PATH`` writes: ONNX for an ``.onnx`` name, else the kind of file the input is.
+
+    A TorchScript input is written back as TorchScript (its own module with the new weights) unless the name
+    ends in ``.onnx``; an ONNX input can only be written as ONNX (a name that asks for TorchScript is refused).
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if model_format != "onnx":
+        return "torchscript"
+    if suffix in TORCHSCRIPT_SUFFIXES:
+        raise UsageError(
+            f"-o {path} names a TorchScript file, but the input is ONNX; kernelscope writes an ONNX input back as "
+            "ONNX (use an .onnx name)"
+        )
+    return "onnx"
+
+
 def write_hardened(report: HardenReport, path: str | os.PathLike[str]) -> list[str]:
-    """Write the hardened model atomically (external data kept when the input used it); returns the files."""
+    """Write the hardened model atomically; returns the files.
+
+    ONNX: a copy of the input with the new initializers (external data kept when the input used it).
+    TorchScript (a TorchScript input, ``path`` not ending in ``.onnx``): the input's own module with the new
+    weights, checked against the hardened graph on the first images of the data
+    (:mod:`~kernelscope.harden.torchscript`).
+    """
     if report.hardened is None:
         raise UsageError("there is no hardened model to write")
     source = report.inputs.model
+    if output_format(source.format, path) == "torchscript":
+        from kernelscope.harden.torchscript import write_torchscript
+
+        data = report.inputs.data
+        pre = data.preprocessing
+        check = pre.normalize(pre.fit(data.dataset.images[:TORCHSCRIPT_CHECK_IMAGES]))
+        meta = {e.key: e.value for e in report.hardened.metadata_props}.get(META_HARDEN)
+        result = write_torchscript(
+            source.path, source.proto, report.hardened, path, check,
+            metadata=json.loads(meta) if meta else None,
+        )  # fmt: skip
+        report.torchscript_write = result
+        report.written = [str(result.path)]
+        return report.written
     external = source.format == "onnx" and _uses_external_data(source.path)
     written = [str(p) for p in save_model_atomic(report.hardened, Path(path), external_data=external)]
     report.written = written

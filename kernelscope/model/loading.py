@@ -38,7 +38,7 @@ TORCHSCRIPT_EXTRA = "kernelscope.json"
 #: Opset used when exporting a TorchScript model to ONNX.
 TORCHSCRIPT_EXPORT_OPSET = 17
 
-_TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".torchscript", ".jit"}
+TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".torchscript", ".jit"}
 _PICKLE_MAGIC = (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -93,6 +93,16 @@ class LoadedModel:
         raise UsageError(f"the model has no output named {name!r}; its outputs are: {known}")
 
 
+def file_format(path: str | os.PathLike[str]) -> str:
+    """``"torchscript"`` or ``"onnx"``: how :func:`load_model` will read ``path`` (decided without loading it)."""
+    path = Path(path)
+    head = b""
+    if path.is_file():
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    return "torchscript" if head.startswith(_ZIP_MAGIC) or path.suffix.lower() in TORCHSCRIPT_SUFFIXES else "onnx"
+
+
 def load_model(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] | None = None) -> LoadedModel:
     """Load an ONNX or TorchScript classifier, validating what later steps rely on.
 
@@ -110,7 +120,7 @@ def load_model(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] | N
     with open(path, "rb") as handle:
         head = handle.read(8)
 
-    if head.startswith(_ZIP_MAGIC) or path.suffix.lower() in _TORCHSCRIPT_SUFFIXES:
+    if file_format(path) == "torchscript":
         if head.startswith(_PICKLE_MAGIC):
             raise ModelError(
                 f"{path} is a Python pickle (torch.save), not TorchScript; kernelscope never unpickles "

@@ -264,6 +264,19 @@ def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
+def _torchscript_write(result) -> dict | None:
+    """How a TorchScript archive was written back (None: the written file, if any, is ONNX)."""
+    if result is None:
+        return None
+    return {
+        "updates": [
+            {"initializer": u.initializer, "parameters": list(u.parameters), "how": u.how} for u in result.updates
+        ],
+        "parity_relative_diff": _finite(result.parity_relative_diff),
+        "parity_images": result.parity_images,
+    }
+
+
 def harden_to_dict(report: HardenReport, config: InspectConfig, *, include_timings: bool = True) -> dict[str, Any]:
     """The ``harden`` report as plain JSON types (schema: docs/json-schema.md)."""
 
@@ -354,6 +367,7 @@ def harden_to_dict(report: HardenReport, config: InspectConfig, *, include_timin
             "after": measurement(report.after),
             "written": report.written[0] if report.written else None,
             "files": report.written,
+            "torchscript": _torchscript_write(report.torchscript_write),
         },
         "warnings": report.warnings,
         "verdict": report.verdict,
