@@ -326,7 +326,16 @@ def render_harden(console: Console, report: HardenReport, quiet: bool = False) -
     for warning in report.warnings:
         body.append(Text(f"⚠ {warning}", style="yellow"))
     if report.written:
-        body.append(Text(f"wrote {', '.join(report.written)}", style="green"))
+        line = f"wrote {', '.join(report.written)}"
+        ts = report.torchscript_write
+        if ts is not None:
+            keys = sorted({key for update in ts.updates for key in update.parameters})
+            line += (
+                f" (TorchScript: {len(keys)} parameter(s) of the module updated; torch on it matches onnxruntime on "
+                f"the hardened graph on {ts.parity_images} images, largest relative difference "
+                f"{ts.parity_relative_diff:.2g})"
+            )
+        body.append(Text(line, style="green"))
     console.print(Panel(Group(*body), title="Verdict", title_align="left"))
 
 
