@@ -18,6 +18,7 @@ import numpy as np
 from kernelscope import __version__
 from kernelscope.attacks.pgd import PgdSettings
 from kernelscope.attacks.sweep import check_epsilons
+from kernelscope.backends import BACKENDS, Backend, get_backend
 from kernelscope.data import ImageDataset, load_dataset
 from kernelscope.data.preprocessing import (
     PreparedData,
@@ -26,15 +27,15 @@ from kernelscope.data.preprocessing import (
     resolve_preprocessing,
     select_examples,
 )
-from kernelscope.errors import DataError, UsageError
-from kernelscope.fast_scoring import METHODS, FastScoring, fast_score, with_agreement
+from kernelscope.errors import DataError, ModelError, UsageError
+from kernelscope.fast_scoring import METHODS, FastScoring
+from kernelscope.layers import LayerAudit, most_damaging, score_layer
 from kernelscope.model.batching import Batching, resolve_batching
-from kernelscope.model.first_conv import ConvLayer, find_conv
+from kernelscope.model.first_conv import ConvLayer, LayerSelection, find_conv, select_convs
 from kernelscope.model.loading import LoadedModel, TensorInfo, load_model
 from kernelscope.progress import NO_PROGRESS, Progress
 from kernelscope.robustness import ATTACKS, AttackReport, check_targeting_at, prepare_attack, run_attack
-from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, ScoringResult, score_kernels
-from kernelscope.stats import holm_adjust
+from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, ScoringResult
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ class InspectConfig:
     attack_method: str = "fgsm"  # "fgsm" (the paper's attack) or "pgd"
     pgd: PgdSettings = field(default_factory=PgdSettings)  # used when attack_method is "pgd"
     targeting_at: str = "conv"  # the tensor Algorithm 1 compares: "conv" (the paper's) or "activation"
+    layers: str | None = None  # audit these convolutions: "all", names "a,b", or a pattern "*conv1*"
+    backend: str = "local"  # where the kernel variants run: "local" or "ray"
+    ray_address: str | None = None  # a running Ray cluster (None: a local one)
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,8 @@ class InspectReport:
     timings: dict[str, float]
     method: str = "exact"
     fast: FastScoring | None = None
+    layers: list[LayerAudit] | None = None  # --layers: every audited layer, the first one included
+    skipped_layers: list[tuple[str, str]] = field(default_factory=list)  # (layer, why it was left out)
 
     @property
     def baseline_accuracy(self) -> float | None:
@@ -267,6 +273,10 @@ def inspect_model(
     """
     _check_config(config)
     inputs = load_audit_inputs(model_path, config, progress)
+    selection = None
+    if config.layers is not None:
+        selection = select_convs(inputs.model.proto, inputs.image_input, config.layers)
+        inputs.layer = selection.layers[0]
     model, output, layer, data, batching = inputs.model, inputs.output, inputs.layer, inputs.data, inputs.batching
     num_classes, image_input = inputs.num_classes, inputs.image_input
     timings = dict(inputs.timings)
@@ -291,29 +301,18 @@ def inspect_model(
             batching, image_input, output.name, data, tolerance=config.atol, providers=config.providers
         )
         timings["mirror_check"] = time.perf_counter() - clock
-    scoring = None
-    if config.method == "exact" or config.compare_exact:
-        scoring = score_kernels(
-            runner,
-            data,
-            batch_size=config.batch_size,
-            run_size=config.run_size,
-            seed=config.seed,
-            bootstrap=config.bootstrap,
-            progress=progress,
-        )
+    backend = get_backend(config.backend, config.ray_address, config.threads)
+    try:
+        audits, skipped = _score_layers(runner, selection, inputs, config, prepared, backend, progress, timings)
+    finally:
+        backend.close()
+    scoring, fast = audits[0].scoring, audits[0].fast
+    if scoring is not None:
         timings["scoring"] = scoring.seconds
         timings["variant_images_per_second"] = scoring.variant_images_per_second
-    fast = None
-    if config.method != "exact":
-        fast = fast_score(
-            config.method, runner, data, batch_size=config.batch_size, run_size=config.run_size,
-            loss=prepared.preflight.loss, progress=progress,
-        )  # fmt: skip
+    if fast is not None:
         timings[f"{config.method}_scoring"] = fast.seconds
-        if scoring is not None:
-            fast = with_agreement(fast, [k.accuracy for k in scoring.kernels], scoring.fragile)
-    fragile, null = (fast.fragile, fast.null) if fast is not None else (scoring.fragile, scoring.null)
+    fragile, null = audits[0].fragile, audits[0].null
     attack = None
     if prepared is not None and config.attack:
         attack = run_attack(
@@ -337,13 +336,17 @@ def inspect_model(
             seed=config.seed,
             targeting_at=config.targeting_at,
             progress=progress,
+            layer_targets=[(a.layer, a.fragile, a.null) for a in audits[1:]],
         )
         timings["attack_gradient"] = attack.sweep.seconds_gradient
         timings["attack_evaluation"] = attack.sweep.seconds_evaluation
+        audits[0].targeting = attack.sweep.targeting
+        for audit, targeting in zip(audits[1:], attack.sweep.layer_targeting, strict=True):
+            audit.targeting = targeting
 
     summary = inputs.model_summary()
     data_summary = inputs.data_summary(config)
-    holm = holm_adjust(np.array([k.p_value for k in scoring.kernels])).tolist() if scoring else []
+    holm = audits[0].holm_p_values
     warnings = _warnings(scoring, num_classes, runner) if scoring else []
     if fast is not None:
         warnings.insert(0, _fast_note(fast))
@@ -357,6 +360,14 @@ def inspect_model(
             f"are those at --batch-size {config.batch_size}"
         )
     verdict = _verdict(layer, scoring, holm) if config.method == "exact" else _fast_verdict(layer, fast)
+    if selection is not None:
+        verdict += " " + _layers_verdict(audits)
+        warnings.extend(f"layer {a.layer.name!r}: {a.stacking_note}" for a in audits[1:] if a.stacking_note)
+        if skipped:
+            warnings.append(
+                f"{len(skipped)} convolution(s) could not be audited and were left out: "
+                + "; ".join(f"{name} ({why})" for name, why in skipped)
+            )
     return InspectReport(
         kernelscope_version=__version__,
         model=summary,
@@ -370,7 +381,63 @@ def inspect_model(
         timings=timings,
         method=config.method,
         fast=fast,
+        layers=audits if selection is not None else None,
+        skipped_layers=skipped,
     )
+
+
+def _score_layers(
+    runner: KernelDropRunner,
+    selection: LayerSelection | None,
+    inputs: AuditInputs,
+    config: InspectConfig,
+    prepared,
+    backend: Backend,
+    progress: Progress,
+    timings: dict[str, float],
+) -> tuple[list[LayerAudit], list[tuple[str, str]]]:
+    """Score the first layer with ``runner`` and, with ``--layers``, every other selected layer, one session each."""
+    loss = prepared.preflight.loss if prepared is not None else "cross_entropy"
+    options = dict(
+        method=config.method, compare_exact=config.compare_exact, batch_size=config.batch_size,
+        run_size=config.run_size, seed=config.seed, bootstrap=config.bootstrap, loss=loss, backend=backend,
+        progress=progress,
+    )  # fmt: skip
+    audits = [score_layer(runner, inputs.data, **options)]
+    skipped = list(selection.skipped) if selection is not None else []
+    if selection is None:
+        return audits, skipped
+    clock = time.perf_counter()
+    named = config.layers != "all" and not any(ch in config.layers for ch in "*?[")
+    for layer in selection.layers[1:]:
+        try:
+            other = KernelDropRunner(
+                inputs.model.proto, layer, inputs.image_input, inputs.output.name, drop=config.drop,
+                providers=config.providers, threads=config.threads, batching=inputs.batching,
+            )  # fmt: skip
+        except ModelError as exc:
+            if named:
+                raise
+            skipped.append((layer.name, str(exc)))
+            continue
+        audits.append(score_layer(other, inputs.data, **options))
+        del other  # one session per layer, released before the next is built
+    timings["layers_scoring"] = time.perf_counter() - clock
+    return audits, skipped
+
+
+def _layers_verdict(audits: list[LayerAudit]) -> str:
+    total = sum(a.layer.out_channels for a in audits)
+    fragile = sum(len(a.fragile) for a in audits)
+    top = most_damaging(audits, 1)
+    text = f"Across {len(audits)} layers ({total} kernels), {fragile} kernels ({fragile / total:.0%}) are fragile."
+    if top:
+        audit, kernel, drop = top[0]
+        text += (
+            f" The most damaging kernel network-wide is kernel {kernel} of '{audit.layer.name}' "
+            f"({-drop * 100:+.1f} points when dropped)."
+        )
+    return text
 
 
 def _check_config(config: InspectConfig) -> None:
@@ -395,6 +462,12 @@ def _check_config(config: InspectConfig) -> None:
     if config.attack_method == "pgd":
         config.pgd.check()
     check_targeting_at(config.targeting_at)
+    if config.backend not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, not {config.backend!r}")
+    if config.ray_address is not None and config.backend != "ray":
+        raise UsageError("--ray-address only applies to --backend ray")
+    if config.layers is not None and config.layer is not None:
+        raise UsageError("--layer and --layers cannot be combined; list the layer in --layers")
 
 
 def _num_classes(output: TensorInfo) -> int | None:

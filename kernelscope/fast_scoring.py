@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kernelscope.backends import Backend
 from kernelscope.data.preprocessing import PreparedData
 from kernelscope.errors import ModelError
 from kernelscope.model.surgery.kernel_mask import MaskSite
@@ -114,6 +115,7 @@ def hybrid_split(
     round_size: int = 8,
     loss: str = "cross_entropy",
     progress: Progress = NO_PROGRESS,
+    backend: Backend | None = None,
 ) -> HybridResult:
     """Taylor screening plus exact scoring of the doubtful kernels until the split is settled."""
     started = time.perf_counter()
@@ -129,7 +131,7 @@ def hybrid_split(
         masks[np.arange(1, len(kernels) + 1), kernels] = 0.0
         preds, _ = predict_variants(
             runner, data, masks, batch_size=batch_size, run_size=run_size, progress=progress,
-            description=f"Exact scoring of {len(kernels)} kernel(s)",
+            description=f"Exact scoring of {len(kernels)} kernel(s)", backend=backend,
         )  # fmt: skip
         accuracy = (preds == labels[None, :]).mean(axis=1)
         baseline = float(accuracy[0])
@@ -213,6 +215,7 @@ class FastScoring:
 def fast_score(
     method: str, runner: KernelDropRunner, data: PreparedData, *, batch_size: int = 128,
     run_size: int = DEFAULT_RUN_SIZE, loss: str = "cross_entropy", progress: Progress = NO_PROGRESS,
+    backend: Backend | None = None,
 ) -> FastScoring:  # fmt: skip
     """Run the ``taylor`` or ``hybrid`` scorer and package its result."""
     if method == "taylor":
@@ -222,7 +225,9 @@ def fast_score(
             runner.site,
         )  # fmt: skip
     if method == "hybrid":
-        h = hybrid_split(runner, data, batch_size=batch_size, run_size=run_size, loss=loss, progress=progress)
+        h = hybrid_split(
+            runner, data, batch_size=batch_size, run_size=run_size, loss=loss, progress=progress, backend=backend
+        )
         return FastScoring(
             "hybrid", h.taylor.importance.tolist(), h.fragile, h.null, h.exact_kernels, h.accuracies.tolist(),
             h.baseline_accuracy, len(data), h.seconds, runner.drop, runner.site,

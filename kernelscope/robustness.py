@@ -84,6 +84,7 @@ class AttackReport:
     targeting_at: str = "conv"  # a key of TARGETING_SITES
     targeting_site: MaskSite | None = None  # the tensor targeting compared, and the nodes passed to reach it
     targeting_note: str | None = None  # e.g. that the activation site is the Conv output itself
+    layer_sites: list[MaskSite] = field(default_factory=list)  # further layers' targeting tensors (--layers)
 
 
 def check_targeting_at(value: str) -> str:
@@ -237,8 +238,12 @@ def run_attack(
     seed: int = 0,
     targeting_at: str = "conv",
     progress: Progress = NO_PROGRESS,
+    layer_targets: Sequence[tuple[ConvLayer, list[int], list[int]]] = (),
 ) -> AttackReport:
     """The FGSM (or PGD) sweep through the checked mirror, judged by the deployed model, with targeting.
+
+    ``layer_targets``: further (layer, fragile, null) whose targeting is counted from the same adversarial
+    images (``sweep.layer_targeting``, in this order): the attack's gradient is computed once for all layers.
 
     ``extra_epsilons`` join the sweep (the ε values a gate reads). ``targeting_at``: the tensor Algorithm 1
     compares, ``conv`` (the convolution's output, the paper's) or
@@ -265,7 +270,9 @@ def run_attack(
         source += f" + {', '.join(f'{e:g}' for e in missing)} for the gates"
     values = check_epsilons(values, bounds)
     site = targeting_site(batching.proto, layer, targeting_at)
-    evaluator = OnnxEvaluator(batching, image_input, output, site, providers, threads)
+    layer_sites = [targeting_site(batching.proto, other, targeting_at) for other, _, _ in layer_targets]
+    extra = [(f, n) for _, f, n in layer_targets]
+    evaluator = OnnxEvaluator(batching, image_input, output, site, providers, threads, extra_sites=layer_sites)
     module, loss = _attack_module(prepared, batching.proto, output)
     gradient = InputGradient(module, data.preprocessing, loss)
     if not batching.batchable:
@@ -273,7 +280,7 @@ def run_attack(
     if settings is None:
         result = fgsm_sweep(
             gradient, evaluator, data, values, fragile=fragile, null=null, bounds=bounds, batch_size=batch_size,
-            progress=progress, targeting_at=targeting_at,
+            progress=progress, targeting_at=targeting_at, layer_targets=extra,
         )  # fmt: skip
     else:
         chunk = None if batching.batchable else (batching.fixed_batch or 1)
@@ -281,10 +288,10 @@ def run_attack(
         result = pgd_sweep(
             objectives, gradient, evaluator, data, values, settings=settings, fragile=fragile, null=null,
             bounds=bounds, batch_size=batch_size, seed=seed, loss=prepared.preflight.loss, progress=progress,
-            targeting_at=targeting_at,
+            targeting_at=targeting_at, layer_targets=extra,
         )  # fmt: skip
     note = targeting_site_note(batching.proto, layer, targeting_at, site)
-    return AttackReport(prepared.check, prepared.preflight, result, source, targeting_at, site, note)
+    return AttackReport(prepared.check, prepared.preflight, result, source, targeting_at, site, note, layer_sites)
 
 
 def _attack_module(prepared: PreparedAttack, proto: onnx.ModelProto, output: str):  # -> (module, loss name)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from kernelscope.backends import Backend, plan_tasks
+from kernelscope.backends.local import LocalBackend
 from kernelscope.data.preprocessing import PreparedData
 from kernelscope.errors import ModelError
 from kernelscope.model.batching import Batching, fixed_chunks, resolve_batching
@@ -96,6 +98,15 @@ class ScoringResult:
         return (len(self.kernels) + 1) * self.n_images / self.seconds if self.seconds > 0 else float("nan")
 
 
+@dataclass(frozen=True)
+class StackingState:
+    """Which (variants, images) shapes were checked to stack correctly, and whether stacking is still allowed."""
+
+    verified: frozenset[tuple[int, int]]
+    stacking: bool
+    note: str | None
+
+
 class KernelDropRunner:
     """One onnxruntime session that evaluates the model with any set of first-layer kernels dropped."""
 
@@ -120,6 +131,7 @@ class KernelDropRunner:
         self.drop = drop
         self.image_input = image_input
         self.output = output
+        self.providers = list(providers) if providers else None
         self.channels = layer.out_channels
         self.site = find_mask_site(proto, layer, drop, infer_elem_types(proto), commute=True)
         self.batching = batching or resolve_batching(proto, image_input, output, providers, threads)
@@ -150,7 +162,7 @@ class KernelDropRunner:
         masks = np.asarray(masks, dtype=np.float32)
         variants, images = masks.shape[0], x.shape[0]
         if self.batchable:
-            if variants == 1 or (self.stacking and (variants, images) in self._verified):
+            if variants == 1 or (variants, images) in self._verified:
                 return _argmax(self._run(x, masks), variants, images)
             if not self.stacking:
                 return np.concatenate([_argmax(self._run(x, masks[v : v + 1]), 1, images) for v in range(variants)])
@@ -163,15 +175,27 @@ class KernelDropRunner:
                 preds[v, start : start + real] = _argmax(self._run(chunk, masks[v : v + 1]), 1, fixed)[0, :real]
         return preds
 
+    def stacking_state(self) -> StackingState:
+        """What the stacking checks so far decided (a backend hands it to the runners of its workers)."""
+        return StackingState(frozenset(self._verified), self.stacking, self.stacking_note)
+
+    def adopt_stacking(self, state: StackingState) -> None:
+        """Take over another runner's stacking decisions for the same layer (no check is repeated)."""
+        self._verified = set(state.verified)
+        self.stacking = state.stacking
+        self.stacking_note = state.note
+
     def _run(self, x: np.ndarray, masks: np.ndarray) -> np.ndarray:
         self.session_runs += 1
         return run_checked(self.session, {self.image_input: x, MASK_INPUT: _mask5(masks)}, self.output)
 
     def _checked_stack(self, x: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """Predictions of the first run at this (V, N): the V one-variant runs, compared with the stacked run.
+        """Predictions of the first run at this (V, N): the stacked run, once it reproduced the V one-variant runs.
 
-        The one-variant runs give the result either way (their batch is the original graph's); the stacked run
-        is adopted for later runs of this shape only when it reproduces them.
+        When it does, the stacked run gives the result, as it will for every later run of this shape (so a task's
+        predictions do not depend on whether it was the first of its shape: backends that split the work agree);
+        when it does not, the one-variant runs (the original graph's batch) give it, and every shape not yet
+        verified runs one variant at a time from then on.
         """
         variants, images = masks.shape[0], x.shape[0]
         separate = [self._run(x, masks[v : v + 1]) for v in range(variants)]
@@ -193,6 +217,7 @@ class KernelDropRunner:
                     reason = f"its outputs differ from the one-variant runs by {diff:.3g}"
         if reason is None:
             self._verified.add((variants, images))
+            return _argmax(stacked, variants, images)
         else:
             self.stacking = False
             self.stacking_note = (
@@ -239,27 +264,21 @@ def predict_variants(
     run_size: int = DEFAULT_RUN_SIZE,
     progress: Progress = NO_PROGRESS,
     description: str = "Evaluating kernel variants",
+    backend: Backend | None = None,
 ) -> tuple[np.ndarray, BatchPlan]:
-    """Predicted classes (V, N) of every image under each row of ``masks``; each image batch is
-    preprocessed once and shared by balanced groups of variants."""
+    """Predicted classes (V, N) of every image under each row of ``masks``: tasks of (image batch, balanced
+    group of variants), run by ``backend`` (default: this process, each image batch preprocessed once)."""
     variants, n = masks.shape[0], len(data)
     images_per_run = batch_size if runner.batchable else (runner.fixed_batch or 1)
     groups = plan_groups(variants, images_per_run, run_size) if runner.batchable else [np.arange(variants)]
-    preds = np.empty((variants, n), dtype=np.int64)
-    runs_before = runner.session_runs
-    with progress.task(description, total=variants * n) as task:
-        start = 0
-        for x, labels in data.batches(batch_size):
-            for group in groups:
-                preds[group, start : start + len(labels)] = runner.predict(x, masks[group])
-                task.advance(len(group) * len(labels))
-            start += len(labels)
+    tasks = plan_tasks(groups, n, batch_size)
+    preds, runs = (backend or LocalBackend()).predict(runner, data, masks, tasks, batch_size, progress, description)
     plan = BatchPlan(
         fixed_batch=runner.fixed_batch,
         batch_made_dynamic=runner.batch_made_dynamic,
         variants_per_run=max(len(g) for g in groups) if runner.batchable and runner.stacking else 1,
         images_per_run=images_per_run,
-        runs=runner.session_runs - runs_before,
+        runs=runs,
     )
     return preds, plan
 
@@ -273,6 +292,7 @@ def score_kernels(
     seed: int = 0,
     bootstrap: int = 1000,
     progress: Progress = NO_PROGRESS,
+    backend: Backend | None = None,
 ) -> ScoringResult:
     """Accuracy of the model with each kernel of ``runner.layer`` dropped, on every image of ``data``.
 
@@ -283,7 +303,7 @@ def score_kernels(
     channels = runner.channels
     preds, plan = predict_variants(
         runner, data, drop_masks(channels), batch_size=batch_size, run_size=run_size, progress=progress,
-        description=f"Scoring {channels} kernels on {len(data)} images",
+        description=f"Scoring {channels} kernels on {len(data)} images", backend=backend,
     )  # fmt: skip
     n = len(data)
     correct = preds == data.labels[None, :]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -77,6 +77,8 @@ class SweepResult:
     #: images per attack loss at the clean images (keys of ``gradients.ATTACK_LOSSES``: ``cross_entropy``,
     #: ``cross_entropy_float64``, ``logit_margin``, ``none``); None when the gradient function does not count
     loss_usage: dict[str, int] | None = None
+    #: targeting of each of the evaluator's extra sites (further layers), in their order
+    layer_targeting: list[list[EpsilonTargeting]] = field(default_factory=list)
 
     @property
     def fgsm(self) -> list[EpsilonAccuracy]:
@@ -104,16 +106,17 @@ class _Clock:
     attack: float = 0.0
     evaluation: float = 0.0
 
-    def evaluate(self, evaluator: OnnxEvaluator, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def evaluate(self, evaluator: OnnxEvaluator, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray | None]]:
         started = time.perf_counter()
         try:
-            return evaluator.run(x)
+            return evaluator.run_all(x)
         finally:
             self.evaluation += time.perf_counter() - started
 
 
-#: Per batch: (x01, labels, clean scores) -> for each ε > 0 in order, (adversarial scores, site tensor).
-_BatchAttack = Callable[[np.ndarray, np.ndarray, np.ndarray], Iterator[tuple[np.ndarray, np.ndarray | None]]]
+#: Per batch: (x01, labels, clean scores) -> for each ε > 0 in order, (adversarial scores, site tensors: the
+#: evaluator's site, None without one, then its extra sites).
+_BatchAttack = Callable[[np.ndarray, np.ndarray, np.ndarray], Iterator[tuple[np.ndarray, list[np.ndarray | None]]]]
 
 
 def _sweep(
@@ -134,33 +137,47 @@ def _sweep(
     pgd_settings: PgdSettings | None = None,
     targeting_at: str = "conv",
     gradient: object = None,
+    layer_targets: Sequence[tuple[list[int], list[int]]] = (),
 ) -> SweepResult:
     """Accuracy and targeting counts of every ε; ``attack`` yields the deployed model's outputs per ε > 0.
 
     ``gradient``: the clean-point gradient function; when it counts the losses it used (a ``usage`` attribute,
-    see :class:`kernelscope.attacks.gradients.InputGradient`), the sweep reports this sweep's share of them."""
+    see :class:`kernelscope.attacks.gradients.InputGradient`), the sweep reports this sweep's share of them.
+    ``layer_targets``: (fragile, null) of each of the evaluator's extra sites; their targeting is counted from
+    the same adversarial images (one attack serves every layer)."""
     usage = getattr(gradient, "usage", None)
     usage_before = usage.snapshot() if usage is not None else None
+    targets = [(fragile, null), *layer_targets]
     correct = np.zeros(len(eps), dtype=np.int64)
-    raw_hits = np.zeros(len(eps), dtype=np.int64)
-    normalized_hits = np.zeros(len(eps), dtype=np.int64)
+    raw_hits = np.zeros((len(targets), len(eps)), dtype=np.int64)
+    normalized_hits = np.zeros((len(targets), len(eps)), dtype=np.int64)
     normalize = data.preprocessing.normalize
     with progress.task(description, total=len(data) * len(eps)) as task:
         for pixels, labels in data.pixel_batches(batch_size):
             x01 = pixels.astype(np.float32) / np.float32(255.0)
-            clean_scores, clean_site = clock.evaluate(evaluator, normalize(x01 * np.float32(255.0)))
-            clean_norms = kernel_norms(clean_site) if clean_site is not None else None
+            clean_scores, clean_sites = clock.evaluate(evaluator, normalize(x01 * np.float32(255.0)))
+            clean_norms = [kernel_norms(site) if site is not None else None for site in clean_sites]
             correct[0] += int(np.count_nonzero(clean_scores.argmax(axis=1) == labels))
             task.advance(len(labels))
-            for i, (scores, site) in enumerate(attack(x01, labels, clean_scores), start=1):
-                if site is not None:
-                    distances = kernel_distances(clean_site, site)
-                    raw, rel = attacks_fragile(distances, clean_norms, fragile, null)
-                    raw_hits[i] += int(raw.sum())
-                    normalized_hits[i] += int(rel.sum())
+            for i, (scores, sites) in enumerate(attack(x01, labels, clean_scores), start=1):
+                for j, site in enumerate(sites):
+                    if site is None:
+                        continue
+                    distances = kernel_distances(clean_sites[j], site)
+                    raw, rel = attacks_fragile(distances, clean_norms[j], *targets[j])
+                    raw_hits[j, i] += int(raw.sum())
+                    normalized_hits[j, i] += int(rel.sum())
                 correct[i] += int(np.count_nonzero(scores.argmax(axis=1) == labels))
                 task.advance(len(labels))
     n = len(data)
+
+    def targeting(j: int) -> list[EpsilonTargeting]:
+        return [
+            EpsilonTargeting(e, n, int(r), int(z), targeting_at)
+            for e, r, z in zip(eps, raw_hits[j], normalized_hits[j], strict=True)
+            if e > 0
+        ]
+
     return SweepResult(
         epsilons=eps,
         bounds=bounds,
@@ -168,11 +185,8 @@ def _sweep(
             EpsilonAccuracy(e, int(c), n, float(c / n), wilson_interval(int(c), n))
             for e, c in zip(eps, correct, strict=True)
         ],
-        targeting=[
-            EpsilonTargeting(e, n, int(r), int(z), targeting_at)
-            for e, r, z in zip(eps, raw_hits, normalized_hits, strict=True)
-            if e > 0 and evaluator.site is not None
-        ],
+        targeting=targeting(0) if evaluator.site is not None else [],
+        layer_targeting=[targeting(j) for j in range(1, len(targets))],
         zero_gradient_images=gradient_stats[0],
         nonfinite_gradient_images=gradient_stats[1],
         seconds_gradient=clock.attack,
@@ -207,6 +221,7 @@ def fgsm_sweep(
     batch_size: int = 128,
     progress: Progress = NO_PROGRESS,
     targeting_at: str = "conv",
+    layer_targets: Sequence[tuple[list[int], list[int]]] = (),
 ) -> SweepResult:
     """Accuracy under FGSM and the targeting counts for every ε of ``epsilons`` (ε = 0 is the clean run).
 
@@ -229,7 +244,7 @@ def fgsm_sweep(
         "fgsm", attack, clock, stats, evaluator, data, eps, fragile=fragile, null=null, bounds=bounds,
         batch_size=batch_size, progress=progress,
         description=f"FGSM sweep, {len(eps)} epsilons on {len(data)} images", targeting_at=targeting_at,
-        gradient=gradient,
+        gradient=gradient, layer_targets=layer_targets,
     )  # fmt: skip
 
 
@@ -249,6 +264,7 @@ def pgd_sweep(
     loss: str = "cross_entropy",
     progress: Progress = NO_PROGRESS,
     targeting_at: str = "conv",
+    layer_targets: Sequence[tuple[list[int], list[int]]] = (),
 ) -> SweepResult:
     """Accuracy under PGD and the targeting counts for every ε (a separate optimization per ε).
 
@@ -269,14 +285,14 @@ def pgd_sweep(
         batch_objective = objective(labels)
         clock.attack += time.perf_counter() - started
         for epsilon in eps[1:]:
-            best_scores = best_site = None
+            best_scores = best_sites = None
             fooled = np.zeros(len(labels), dtype=bool)
             best_loss = np.full(len(labels), -np.inf)
             for restart in range(settings.restarts):
                 started = time.perf_counter()
                 run = pgd(batch_objective, x01, epsilon, settings, bounds=bounds, generator=generator)
                 clock.attack += time.perf_counter() - started
-                scores, site = clock.evaluate(evaluator, normalize(run.adversarial * np.float32(255.0)))
+                scores, sites = clock.evaluate(evaluator, normalize(run.adversarial * np.float32(255.0)))
                 now_fooled = scores.argmax(axis=1) != labels
                 now_loss = _deployed_loss(scores, labels, loss)
                 # Keep the first restart that fools the deployed model; until one does, the highest loss.
@@ -284,18 +300,22 @@ def pgd_sweep(
                 if restart == 0:
                     take[:] = True  # even a NaN loss: the first run is the fallback
                 best_scores = scores if best_scores is None else np.where(take[:, None], scores, best_scores)
-                if site is not None:
-                    mask = take.reshape(-1, *([1] * (site.ndim - 1)))
-                    best_site = site if best_site is None else np.where(mask, site, best_site)
+                if best_sites is None:
+                    best_sites = list(sites)
+                else:
+                    best_sites = [
+                        None if site is None else np.where(take.reshape(-1, *([1] * (site.ndim - 1))), site, best)
+                        for site, best in zip(sites, best_sites, strict=True)
+                    ]
                 fooled |= now_fooled
                 best_loss = np.where(take, now_loss, best_loss)
-            yield best_scores, best_site
+            yield best_scores, best_sites
 
     description = f"PGD sweep ({settings.describe()}), {len(eps)} epsilons on {len(data)} images"
     return _sweep(
         "pgd", attack, clock, stats, evaluator, data, eps, fragile=fragile, null=null, bounds=bounds,
         batch_size=batch_size, progress=progress, description=description, pgd_settings=settings,
-        targeting_at=targeting_at, gradient=gradient,
+        targeting_at=targeting_at, gradient=gradient, layer_targets=layer_targets,
     )  # fmt: skip
 
 

@@ -23,6 +23,20 @@ def inspect_command(
     seed: opt.SeedOption = 0,
     batch_size: opt.BatchSizeOption = 128,
     layer: opt.LayerOption = None,
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            help="Audit several convolutions, each on its own: all, comma-separated names, or a pattern such as "
+            "'*conv1*'. The first in data-flow order is the report's main layer."
+        ),
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="Where kernel variants run: local (this process) or ray (a Ray cluster).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="With --backend ray: the cluster to join, e.g. ray://head:10001 or auto (default: local)."),
+    ] = None,
     output: opt.OutputOption = None,
     input_shape: opt.InputShapeOption = None,
     drop: opt.DropOption = "weights",
@@ -107,7 +121,8 @@ def inspect_command(
         std=std, layout=layout, size=size, channels=channels, device=device, threads=threads, bootstrap=bootstrap,
         attack=not no_attack, attack_method=attack.lower(), epsilons=eps, epsilons_option="--eps",
         eps_sweep=eps_sweep, bounds=bounds, atol=atol, method=method, compare_exact=compare_exact,
-        targeting_at=targeting_at, extra_epsilons=gating.gate_epsilons(gates),
+        targeting_at=targeting_at, extra_epsilons=gating.gate_epsilons(gates), layers=layers,
+        backend=backend.lower(), ray_address=ray_address,
         pgd=PgdSettings(
             norm=pgd_norm.lower(), steps=pgd_steps, step_size=pgd_step_size, random_start=pgd_random_start,
             restarts=pgd_restarts,

@@ -214,3 +214,66 @@ def _dequantize_input(
         scale = np.asarray(scale, dtype=np.float32)
         values = values * (scale.reshape(per_channel) if scale.size > 1 else scale.reshape(()))
     return values
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """The convolutions ``--layers`` picked, in data-flow order, and those it had to leave out (and why)."""
+
+    layers: list[ConvLayer]
+    skipped: list[tuple[str, str]]  # (node label, reason)
+
+
+def select_convs(proto: onnx.ModelProto, image_input: str, spec: str) -> LayerSelection:
+    """The convolutions to audit for ``--layers SPEC``, in data-flow order (as :func:`find_conv` orders them).
+
+    ``spec`` is ``all``, a comma-separated list of node (or output) names, or a shell-style pattern
+    (``*``, ``?``, ``[...]``) matched against node names. Named layers must all be auditable (a one-line
+    error otherwise); with ``all`` or a pattern, a convolution that is not (a weight computed at run time, a
+    1-D convolution, not fed by the image) is left out and named in ``skipped``.
+    """
+    import fnmatch
+
+    spec = spec.strip()
+    if not spec:
+        raise UsageError("--layers needs 'all', a comma-separated list of layer names, or a pattern")
+    index = GraphIndex.build(proto.graph)
+    distances = index.distances_from(image_input)
+    topo_rank = {node_index: rank for rank, node_index in enumerate(index.topological_order())}
+    convs = [i for i, node in enumerate(proto.graph.node) if node.op_type in CONV_OPS]
+    if not convs:
+        raise ModelError(
+            "the model has no Conv layer (nor QLinearConv or ConvInteger); kernelscope audits convolutional classifiers"
+        )
+    listing = some_of([node_label(index.node(i)) for i in convs], 12)
+    named = spec != "all" and not any(ch in spec for ch in "*?[")
+    if spec == "all":
+        chosen = convs
+    elif named:
+        chosen = []
+        for name in (part.strip() for part in spec.split(",")):
+            hits = [i for i in convs if name in (index.node(i).name, index.node(i).output[0])]
+            if not hits:
+                raise UsageError(f"--layers: no convolution named {name!r}; the model's convolutions are: {listing}")
+            chosen.extend(h for h in hits[:1] if h not in chosen)
+    else:
+        chosen = [i for i in convs if fnmatch.fnmatchcase(node_label(index.node(i)), spec)]
+        if not chosen:
+            raise UsageError(f"--layers {spec!r} matches no convolution; the model's convolutions are: {listing}")
+    layers: list[ConvLayer] = []
+    skipped: list[tuple[str, str]] = []
+    for i in sorted(chosen, key=lambda i: (distances.get(i, float("inf")), topo_rank[i])):
+        label = node_label(index.node(i))
+        try:
+            if i not in distances:
+                raise ModelError(f"{label!r} is not fed by the image input {image_input!r}")
+            layers.append(_describe_conv(index, i, distances[i]))
+        except ModelError as exc:
+            if named:
+                raise
+            skipped.append((label, str(exc)))
+    if not layers:
+        raise ModelError(
+            f"none of the {len(chosen)} convolution(s) --layers selects can be audited; the first: {skipped[0][1]}"
+        )
+    return LayerSelection(layers, skipped)

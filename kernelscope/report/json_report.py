@@ -13,12 +13,14 @@ from kernelscope.fast_scoring import FastScoring
 from kernelscope.harden import HardenReport, Measurement
 from kernelscope.harden.evaluate import Robustness, RobustnessChange
 from kernelscope.harden.search import Candidate
+from kernelscope.layers import LayerAudit, most_damaging
 from kernelscope.mirror.trainable import TunableSelection
 from kernelscope.model.first_conv import ConvLayer
 from kernelscope.model.loading import TensorInfo
 from kernelscope.model.surgery.kernel_mask import MaskSite
 from kernelscope.neurons.analysis import NeuronsReport
 from kernelscope.robustness import targeting_site
+from kernelscope.scoring import ScoringResult
 
 #: Bumped on any incompatible change of keys or meanings; additions keep the version.
 SCHEMA_VERSION = 1
@@ -127,9 +129,43 @@ def inspect_to_dict(report: InspectReport, *, include_timings: bool = True) -> d
         "verdict": report.verdict,
     }
     doc.update(_attack_dict(report))
+    if report.layers is not None:
+        doc["layers"] = [layer_audit_dict(a) for a in report.layers]
+        doc["network"] = {
+            "layers": len(report.layers),
+            "kernels": sum(a.layer.out_channels for a in report.layers),
+            "fragile": sum(len(a.fragile) for a in report.layers),
+            "most_damaging": [
+                {"layer": a.layer.name, "kernel": k, "accuracy": a.accuracies[k], "drop": drop}
+                for a, k, drop in most_damaging(report.layers)
+            ],
+            "skipped_layers": [{"layer": name, "reason": why} for name, why in report.skipped_layers],
+        }
     if include_timings:
         doc["timings"] = {key: _finite(value) for key, value in report.timings.items()}
     return doc
+
+
+def layer_audit_dict(audit: LayerAudit) -> dict[str, Any]:
+    """One audited layer of ``--layers``: its description, kernels (as the top-level ``kernels``), split and
+    targeting."""
+    site = audit.scoring.mask_site if audit.scoring else audit.fast.mask_site
+    return {
+        "name": audit.layer.name,
+        **{k: v for k, v in layer_dict(audit.layer).items() if k != "name"},
+        "mask_site": {"tensor": site.tensor, "after": list(site.passed)},
+        "baseline_accuracy": audit.baseline_accuracy,
+        "mean_accuracy": audit.scoring.mean_accuracy if audit.scoring else None,
+        "fragile": audit.fragile,
+        "null": audit.null,
+        "fragile_share": audit.fragile_share,
+        "mean_drop": audit.mean_drop,
+        "worst_drop": audit.worst_drop,
+        "worst_kernel": audit.worst_kernel,
+        "kernels": kernel_entries(audit.scoring, audit.fast, audit.fragile, audit.layer, audit.holm_p_values),
+        "targeting": targeting_list(audit.targeting),
+        "estimate": _estimate(audit.fast),
+    }
 
 
 def fgsm_list(entries: list[EpsilonAccuracy]) -> list[dict[str, Any]]:
@@ -165,11 +201,18 @@ def targeting_at_dict(at: str, site: MaskSite | None) -> dict[str, Any]:
 
 
 def _kernels(report: InspectReport) -> list[dict[str, Any]]:
+    """Per-kernel entries of the (first) audited layer."""
+    return kernel_entries(report.scoring, report.fast, report.fragile, report.layer, report.holm_p_values)
+
+
+def kernel_entries(
+    scoring: ScoringResult | None, fast: FastScoring | None, fragile_list: list[int], layer: ConvLayer,
+    holm: list[float],
+) -> list[dict[str, Any]]:  # fmt: skip
     """Per-kernel entries: exact scores when computed, plus the fast method's importance / estimate."""
-    scoring, fast = report.scoring, report.fast
     count = len(scoring.kernels) if scoring else len(fast.importance)
-    fragile = set(report.fragile)
-    norms = report.layer.kernel_norms()
+    fragile = set(fragile_list)
+    norms = layer.kernel_norms()
     entries: list[dict[str, Any]] = []
     for k in range(count):
         entry: dict[str, Any] = {"index": k, "fragile": k in fragile, "weight_norm": float(norms[k])}
@@ -182,7 +225,7 @@ def _kernels(report: InspectReport) -> list[dict[str, Any]]:
                 "correct_to_wrong": s.correct_to_wrong,
                 "wrong_to_correct": s.wrong_to_correct,
                 "p_value": s.p_value,
-                "p_value_holm": report.holm_p_values[k],
+                "p_value_holm": holm[k],
                 "split_stability": s.split_stability,
                 "changed_predictions": s.changed_predictions,
             }
