@@ -304,6 +304,9 @@ def inspect_model(
     backend = get_backend(config.backend, config.ray_address, config.threads)
     try:
         audits, skipped = _score_layers(runner, selection, inputs, config, prepared, backend, progress, timings)
+        if config.backend == "ray":
+            timings["ray_cpus"] = backend.cpus
+            timings["ray_remote_tasks"] = backend.remote_tasks
     finally:
         backend.close()
     scoring, fast = audits[0].scoring, audits[0].fast

@@ -36,6 +36,7 @@ class LayerAudit:
     seconds: float
     stacking_note: str | None = None
     targeting: list[EpsilonTargeting] = field(default_factory=list)
+    variants_fork_at: str | None = None  # the tensor tiled V times when the mask site cannot fork the variants
 
     @property
     def fragile(self) -> list[int]:
@@ -124,7 +125,11 @@ def score_layer(
         if scoring is not None:
             fast = with_agreement(fast, [k.accuracy for k in scoring.kernels], scoring.fragile)
     holm = holm_adjust(np.array([k.p_value for k in scoring.kernels])).tolist() if scoring else []
-    return LayerAudit(runner.layer, method, scoring, fast, holm, time.perf_counter() - started, runner.stacking_note)
+    fork = runner.expansion.tensor if runner.expansion is not None else None
+    return LayerAudit(
+        runner.layer, method, scoring, fast, holm, time.perf_counter() - started, runner.stacking_note,
+        variants_fork_at=fork,
+    )  # fmt: skip
 
 
 def most_damaging(layers: list[LayerAudit], count: int = 10) -> list[tuple[LayerAudit, int, float]]:

@@ -33,6 +33,7 @@ from kernelscope.model.surgery.kernel_mask import (
     DROP_MODES,
     MASK_INPUT,
     MaskSite,
+    batch_expansion_point,
     find_mask_site,
     infer_elem_types,
     insert_kernel_mask,
@@ -135,7 +136,9 @@ class KernelDropRunner:
         self.channels = layer.out_channels
         self.site = find_mask_site(proto, layer, drop, infer_elem_types(proto), commute=True)
         self.batching = batching or resolve_batching(proto, image_input, output, providers, threads)
-        masked = insert_kernel_mask(self.batching.proto, self.site, self.channels, output)
+        # A residual shortcut or a concatenation around the layer: the variants fork where both branches meet.
+        self.expansion = batch_expansion_point(self.batching.proto, self.site.tensor, image_input)
+        masked = insert_kernel_mask(self.batching.proto, self.site, self.channels, output, self.expansion)
         self.session = make_session(masked, providers, threads)
         self._verified: set[tuple[int, int]] = set()  # (V, N) shapes whose stacked runs were checked
         self.stacking: bool = True  # variants may share a run (until a check at some (V, N) fails)

@@ -61,7 +61,7 @@ class RayBackend:
         self.threads = threads or 1  # one CPU per task: onnxruntime must not spread further
         self._remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_score_task)
         self._shards: dict[tuple[int, int], list[Any]] = {}
-        self.tasks_run = 0
+        self.remote_tasks = 0  # tasks run on workers (the first of each shape runs on the driver)
 
     @property
     def cpus(self) -> float:
@@ -118,7 +118,7 @@ class RayBackend:
                     preds[task.group, task.start : task.stop] = result
                     runs += task_runs
                     bar.advance(task.evaluations)
-        self.tasks_run += len(tasks)
+        self.remote_tasks += len(remote_tasks)
         return preds, runs
 
     def close(self) -> None:

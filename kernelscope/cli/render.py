@@ -257,7 +257,60 @@ def render_inspect(console: Console, report: InspectReport, top: int | None = No
         )
     if report.fast is not None:
         console.print(f"{report.fast.method} scoring took {report.fast.seconds:.2f} s", style="dim", markup=False)
+    if report.layers is not None:
+        console.print()
+        console.print(layers_table(report))
+        console.print()
+        console.print(network_table(report))
     console.print(verdict_panel(report))
+
+
+def pct(value: float | None) -> str:
+    """A fraction as a percentage with one decimal; "–" when there is none."""
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _audit_epsilon_index(report: InspectReport) -> int | None:
+    """Which ε of the sweep the per-layer targeting column shows: the verdict's (the middle one)."""
+    first = report.layers[0].targeting if report.layers else []
+    return len(first) // 2 if first else None
+
+
+def layers_table(report: InspectReport) -> Table:
+    """One row per audited layer (``--layers``): kernels, fragile share, drops and targeting."""
+    at = _audit_epsilon_index(report)
+    eps = report.layers[0].targeting[at].epsilon if at is not None else None
+    table = Table(title=f"Layers ({len(report.layers)}, in data-flow order)", title_justify="left")
+    for name in ("layer", "depth", "kernels", "fragile", "share", "mean drop", "worst drop (kernel)"):
+        table.add_column(name, justify="left" if name == "layer" else "right", overflow="fold")
+    if eps is not None:
+        table.add_column(f"attacks S at ε={eps:g}", justify="right")
+        table.add_column("normalized", justify="right")
+    for audit in report.layers:
+        worst = "–" if audit.worst_drop is None else f"{audit.worst_drop * 100:+.1f} pts ({audit.worst_kernel})"
+        mean = "–" if audit.mean_drop is None else f"{audit.mean_drop * 100:+.2f} pts"
+        row = [
+            audit.layer.name, str(audit.layer.distance), str(audit.layer.out_channels), str(len(audit.fragile)),
+            f"{audit.fragile_share:.0%}", mean, worst,
+        ]  # fmt: skip
+        if eps is not None:
+            t = audit.targeting[at] if audit.targeting else None
+            row += [pct(t.fraction if t else None), pct(t.fraction_normalized if t else None)]
+        table.add_row(*row)
+    table.caption = "drop: baseline accuracy minus accuracy with one kernel dropped (points); depth: nodes from the input"
+    return table
+
+
+def network_table(report: InspectReport, count: int = 10) -> Table:
+    """The kernels whose drop costs most, across every audited layer."""
+    from kernelscope.layers import most_damaging
+
+    table = Table(title=f"Most damaging kernels network-wide (top {count})", title_justify="left")
+    for name in ("layer", "kernel", "accuracy", "drop"):
+        table.add_column(name, justify="left" if name == "layer" else "right", overflow="fold")
+    for audit, kernel, drop in most_damaging(report.layers, count):
+        table.add_row(audit.layer.name, str(kernel), f"{audit.accuracies[kernel]:.1%}", f"{drop * 100:+.1f} pts")
+    return table
 
 
 def render_harden(console: Console, report: HardenReport, quiet: bool = False) -> None:
@@ -306,9 +359,6 @@ def render_harden(console: Console, report: HardenReport, quiet: bool = False) -
     after_fgsm = {e.epsilon: e for e in report.after.fgsm} if report.after else {}
     before_t = {t.epsilon: t for t in report.before.targeting}
     after_t = {t.epsilon: t for t in report.after.targeting} if report.after else {}
-
-    def pct(value: float | None) -> str:
-        return "–" if value is None else f"{value:.1%}"
 
     for e in report.before.fgsm:
         a, tb, ta = after_fgsm.get(e.epsilon), before_t.get(e.epsilon), after_t.get(e.epsilon)

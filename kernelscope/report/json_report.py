@@ -153,7 +153,7 @@ def layer_audit_dict(audit: LayerAudit) -> dict[str, Any]:
     return {
         "name": audit.layer.name,
         **{k: v for k, v in layer_dict(audit.layer).items() if k != "name"},
-        "mask_site": {"tensor": site.tensor, "after": list(site.passed)},
+        "mask_site": {"tensor": site.tensor, "after": list(site.passed), "variants_fork_at": audit.variants_fork_at},
         "baseline_accuracy": audit.baseline_accuracy,
         "mean_accuracy": audit.scoring.mean_accuracy if audit.scoring else None,
         "fragile": audit.fragile,

@@ -199,14 +199,81 @@ def infer_elem_types(proto: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def insert_kernel_mask(proto: onnx.ModelProto, site: MaskSite, out_channels: int, output: str) -> onnx.ModelProto:
+@dataclass(frozen=True)
+class BatchExpansion:
+    """Where the V variants fork when the mask site cannot fork them itself: the tensor tiled V times."""
+
+    tensor: str
+    rank: int
+
+
+def batch_expansion_point(proto: onnx.ModelProto, site: str, image_input: str) -> BatchExpansion | None:
+    """The tensor at which the batch must become V·N so that every op after the mask sees V·N images.
+
+    The mask turns the batch into V·N at ``site``. When some op after it also reads an image-dependent tensor
+    that does not depend on ``site`` (a residual shortcut around the audited Conv, a concatenation with an
+    earlier feature map), the two batches would not match. Then the variants fork earlier, at the latest
+    tensor before the site through which every such tensor passes (a block's input): it is tiled V times, and
+    the mask multiplies each of the V copies. ``None``: the site can fork them itself (nothing is recomputed).
+    The image input always qualifies; a tensor whose rank shape inference cannot tell does not.
+    """
+    index = GraphIndex.build(proto.graph)
+    live = index.downstream_tensors(image_input)  # tensors that depend on the images
+
+    def closed(tensor: str) -> bool:
+        after = index.downstream_tensors(tensor)
+        return all(
+            not name or name not in live or name in after
+            for i in index.distances_from(tensor)
+            for name in index.node(i).input
+        )
+
+    if closed(site):
+        return None
+    ranks = _ranks(proto)
+    # Ancestors of the site that depend on the images, the latest (in data-flow order) first.
+    position = {i: rank for rank, i in enumerate(index.topological_order())}
+    ancestors, stack = set(), [site]
+    while stack:
+        name = stack.pop()
+        if name in ancestors or name not in live:
+            continue
+        ancestors.add(name)
+        if name in index.producer:
+            stack.extend(n for n in index.node(index.producer[name]).input if n)
+    ordered = sorted(ancestors - {site}, key=lambda n: position.get(index.producer.get(n, -1), -1), reverse=True)
+    for tensor in ordered:
+        if tensor in ranks and closed(tensor):
+            return BatchExpansion(tensor, ranks[tensor])
+    return None
+
+
+def _ranks(proto: onnx.ModelProto) -> dict[str, int]:
+    """Rank of every tensor shape inference can tell."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception:  # best effort, as in infer_elem_types
+        inferred = proto
+    ranks = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            ranks[value.name] = len(value.type.tensor_type.shape.dim)
+    return ranks
+
+
+def insert_kernel_mask(
+    proto: onnx.ModelProto, site: MaskSite, out_channels: int, output: str, expansion: BatchExpansion | None = None
+) -> onnx.ModelProto:
     """A copy of ``proto`` whose only output is ``output`` and whose ``site`` tensor is multiplied by
-    the run-time input :data:`MASK_INPUT` of shape (V, 1, C, 1, 1); the batch becomes V*N after it."""
+    the run-time input :data:`MASK_INPUT` of shape (V, 1, C, 1, 1); the batch becomes V*N after it (or, with
+    an ``expansion`` point, at that tensor, tiled V times, variant-major)."""
     with graph_edit("add the kernel mask to"):
-        return _insert_kernel_mask(proto, site, out_channels, output)
+        return _insert_kernel_mask(proto, site, out_channels, output, expansion)
 
 
-def _insert_kernel_mask(proto: onnx.ModelProto, site: MaskSite, out_channels: int, output: str) -> onnx.ModelProto:
+def _insert_kernel_mask(
+    proto: onnx.ModelProto, site: MaskSite, out_channels: int, output: str, expansion: BatchExpansion | None
+) -> onnx.ModelProto:
     graph = gs.import_onnx(proto)
     tensors = graph.tensors()
     if site.tensor not in tensors:
@@ -224,9 +291,40 @@ def _insert_kernel_mask(proto: onnx.ModelProto, site: MaskSite, out_channels: in
         )
         return out
 
+    if expansion is not None:
+        # Fork the V variants at the expansion point: Tile(T, [V, 1, ...]) is variant-major (row v·N + i).
+        source = tensors[expansion.tensor]
+        source_consumers = list(source.outputs)
+        variants = make(
+            "Gather", [make("Shape", [mask], dtype=np.int64), gs.Constant("kernelscope_zero", np.array([0]))],
+            {"axis": 0}, np.int64,
+        )  # fmt: skip
+        ones = gs.Constant("kernelscope_ones", np.ones(expansion.rank - 1, dtype=np.int64))
+        repeats = make("Concat", [variants, ones], {"axis": 0}, np.int64)
+        tiled = make("Tile", [source, repeats], dtype=source.dtype)
+        for consumer in source_consumers:
+            if any(consumer is ours for ours in nodes):
+                continue
+            for position, tensor in enumerate(consumer.inputs):
+                if tensor is source:
+                    consumer.inputs[position] = tiled
+        # The site now holds V·N rows: view them as (V, N, C, H, W) so the mask's row v multiplies copy v.
+        site_shape = make("Shape", [target], dtype=np.int64)
+        chw = make(
+            "Gather", [site_shape, gs.Constant("kernelscope_site_chw", np.array([1, 2, 3], dtype=np.int64))],
+            {"axis": 0}, np.int64,
+        )  # fmt: skip
+        split = make(
+            "Concat", [variants, gs.Constant("kernelscope_minus_one_n", np.array([-1], dtype=np.int64)), chw],
+            {"axis": 0}, np.int64,
+        )  # fmt: skip
+        target_view = make("Reshape", [target, split], dtype=target.dtype)
+    else:
+        target_view = target
+
     if site.quant_params is not None:
         scale, zero = (tensors[name] for name in site.quant_params)
-        values = make("DequantizeLinear", [target, scale, zero], dtype=np.float32)
+        values = make("DequantizeLinear", [target_view, scale, zero], dtype=np.float32)
         masked = make("Mul", [values, mask], dtype=np.float32)
         masked = make(
             "QuantizeLinear", [masked, scale, zero], dtype=onnx.helper.tensor_dtype_to_np_dtype(site.elem_type)
@@ -234,7 +332,7 @@ def _insert_kernel_mask(proto: onnx.ModelProto, site: MaskSite, out_channels: in
     else:
         np_type = onnx.helper.tensor_dtype_to_np_dtype(site.elem_type)
         factor = mask if site.elem_type == TensorProto.FLOAT else make("Cast", [mask], {"to": site.elem_type}, np_type)
-        masked = make("Mul", [target, factor], dtype=np_type)
+        masked = make("Mul", [target_view, factor], dtype=np_type)
     shape = make("Shape", [target], dtype=np.int64)
     tail = make(
         "Gather",
