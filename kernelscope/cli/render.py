@@ -297,7 +297,9 @@ def layers_table(report: InspectReport) -> Table:
             t = audit.targeting[at] if audit.targeting else None
             row += [pct(t.fraction if t else None), pct(t.fraction_normalized if t else None)]
         table.add_row(*row)
-    table.caption = "drop: baseline accuracy minus accuracy with one kernel dropped (points); depth: nodes from the input"
+    table.caption = (
+        "drop: baseline accuracy minus accuracy with one kernel dropped (points); depth: nodes from the input"
+    )
     return table
 
 
