@@ -142,14 +142,24 @@ def _batch_from_input_head(mix: bool) -> onnx.ModelProto:
     return model
 
 
+@pytest.mark.parametrize("fork", [True, False], ids=["forked-at-input", "no-fork"])
 @pytest.mark.parametrize("mix", [False, True], ids=["reshape-refused", "silently-mixed"])
-def test_stacked_variants_are_verified_at_the_batch_they_run(mix):
-    """Issue 12 item 3: a batch computed from the input breaks when variants are stacked into V*N."""
+def test_stacked_variants_are_verified_at_the_batch_they_run(mix, fork, monkeypatch):
+    """Issue 12 item 3: a batch computed from the input breaks when variants are stacked into V*N after the mask.
+
+    The Reshape reads the batch of the image input, a tensor that bypasses the mask: the variants fork at the
+    input itself (tiled V times), so the batch it reads is V*N and stacking holds. Where no fork point is found
+    (``fork=False``), the stacking check catches the broken stack and the variants run one at a time.
+    """
+    import kernelscope.scoring as scoring
+
+    if not fork:
+        monkeypatch.setattr(scoring, "batch_expansion_point", lambda *args: None)
     model = _batch_from_input_head(mix)
     dataset = _data(n=30, seed=3)
     pre = resolve_preprocessing(input_shape=("N", 3, 8, 8), input_dtype="float32", metadata=None, dataset=dataset)
     x = pre.to_model_input(dataset.images)
-    # The graph itself is fine at any batch, and the stacked masked graph is not: the premise of the test.
+    # The graph itself is fine at any batch, and the stacked masked graph without a fork is not: the premise.
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert session.run(None, {"image": x})[0].shape == (30, 4)
     runner = KernelDropRunner(model, find_conv(model, "image"), "image", "logits")
@@ -158,6 +168,10 @@ def test_stacked_variants_are_verified_at_the_batch_they_run(mix):
     assert result.baseline_accuracy == pytest.approx(_direct_accuracy(model, None, x, dataset.labels))
     for k in range(5):
         assert result.kernels[k].accuracy == pytest.approx(_direct_accuracy(model, k, x, dataset.labels)), k
+    if fork:
+        assert runner.expansion is not None and runner.expansion.tensor == "image"
+        assert runner.stacking and runner.stacking_note is None and result.plan.variants_per_run == 3
+        return
     assert not runner.stacking and result.plan.variants_per_run == 1
     note = runner.stacking_note
     assert note is not None and "run one at a time" in note
@@ -179,12 +193,15 @@ def test_stacking_that_reproduces_the_separate_runs_is_kept():
     assert result.plan.runs == 2 * 2 + sum(3 for _ in shapes)
 
 
-def test_inspect_reports_the_stacking_fallback(tmp_path, capsys):
+def test_inspect_reports_the_stacking_fallback(tmp_path, capsys, monkeypatch):
     import json
 
+    import kernelscope.scoring as scoring
     from kernelscope.cli.app import main
 
     from builders import random_npz, save
+
+    monkeypatch.setattr(scoring, "batch_expansion_point", lambda *args: None)  # a graph no fork point fixes
 
     path = save(_batch_from_input_head(False), tmp_path / "m.onnx")
     data = random_npz(tmp_path / "d.npz", n=20)

@@ -528,6 +528,7 @@ def _figure_or_note(name: str, report: Report, hardened: Report | None, alt: str
             "accuracy_vs_epsilon": "Fig. 2 needs the attack sweep, which was not run (--no-attack).",
             "targeting": "Fig. 3 needs the attack sweep with some ε > 0, which this run did not have (--no-attack).",
             "frontier": "Fig. 4 needs the hardening candidates, which this report does not have.",
+            "layers": "Fig. 5 needs a per-layer audit (--layers), which this report does not have.",
         }[name]
         return Paragraph(reason, kind="note")
     return figure_image(plots.draw_figure(name, report, hardened), alt=alt, caption=caption)
@@ -591,6 +592,59 @@ def _fig3_caption(report: Report) -> str:
     return text + LINEAR_NOTE
 
 
+def layers_blocks(report: Report) -> list[Block]:
+    """``--layers``: Fig. 5, the per-layer table and the most damaging kernels network-wide."""
+    layers = report.get("layers") or []
+    figure = _figure_or_note(
+        "layers", report, None,
+        alt="Fig. 5: fragile share and worst single-kernel drop of every audited layer against its depth",
+        caption="Fig. 5. Each audited layer's fragile share (red, left axis) and the accuracy lost by dropping its "
+        "most damaging kernel (blue, right axis), against the layer's depth (nodes from the image input).",
+    )  # fmt: skip
+    first = layers[0].get("targeting") or []
+    at = len(first) // 2 if first else None
+
+    def points(value: float | None, digits: int = 1) -> str:
+        return "–" if value is None else f"{100 * value:+.{digits}f} pts"
+
+    headers = ["layer", "depth", "kernels", "fragile", "share", "mean drop", "worst drop (kernel)"]
+    if at is not None:
+        headers += [f"attacks S at ε = {first[at]['epsilon']:g}", "normalized"]
+    rows = []
+    for layer in layers:
+        row = [
+            layer["name"], str(layer["distance_from_input"]), str(layer["out_channels"]), str(len(layer["fragile"])),
+            f"{layer['fragile_share']:.0%}", points(layer["mean_drop"], 2),
+            f"{points(layer['worst_drop'])} ({layer['worst_kernel']})",
+        ]  # fmt: skip
+        if at is not None:
+            t = (layer.get("targeting") or [None] * (at + 1))[at]
+            row += (
+                ["–", "–"]
+                if t is None
+                else [f"{t['fraction_attacking_fragile']:.1%}", f"{t['fraction_attacking_fragile_normalized']:.1%}"]
+            )
+        rows.append(row)
+    network = report.get("network") or {}
+    blocks: list[Block] = [
+        figure,
+        Table(headers, rows, caption="Every audited layer, in data-flow order",
+              note="drop: baseline accuracy minus accuracy with one kernel dropped"),
+        Table(
+            ["layer", "kernel", "accuracy", "drop"],
+            [[m["layer"], str(m["kernel"]), f"{m['accuracy']:.1%}", points(m["drop"])]
+             for m in network.get("most_damaging", [])],
+            caption="Most damaging kernels network-wide",
+        ),
+    ]  # fmt: skip
+    skipped = network.get("skipped_layers") or []
+    if skipped:
+        blocks.append(
+            Paragraph("Left out: " + "; ".join(f"{s['layer']} ({s['reason']})" for s in skipped), kind="warning")
+        )
+    return blocks
+
+
 def _kernel_blocks(report: Report) -> list[Block]:
     return [_fig1(report), kernel_table(report)] if report.get("kernels") else [_fig1(report)]
 
@@ -635,6 +689,8 @@ def inspect_page(report: Report, hardened: Report | None = None) -> str:
     if table is not None:
         targeting_blocks.append(table)
     sections.append(Section("Adversarial targeting (Fig. 3)", targeting_blocks, anchor="targeting"))
+    if report.get("layers"):
+        sections.append(Section("Every layer (Fig. 5)", layers_blocks(report), anchor="layers"))
     return render_page(
         "kernelscope inspect",
         sections,

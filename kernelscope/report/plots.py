@@ -60,6 +60,7 @@ FIGURE_FILES: dict[str, str] = {
     "accuracy_vs_epsilon": "fig2_accuracy_vs_epsilon.png",
     "targeting": "fig3_targeting.png",
     "frontier": "fig4_harden_frontier.png",
+    "layers": "fig5_layers_depth.png",
 }
 
 #: The hint given when matplotlib is missing.
@@ -184,7 +185,40 @@ def available_figures(report: Report, hardened: Report | None = None) -> list[st
             names.append("targeting")
     if (report.get("harden") or {}).get("candidates"):
         names.append("frontier")
+    if report.get("layers"):
+        names.append("layers")
     return names
+
+
+def layers_figure(report: Report) -> Figure:
+    """``inspect --layers``: each audited layer's fragile share and worst drop against its depth (nodes from
+    the input), one point per layer, in data-flow order."""
+    layers = report.get("layers") or []
+    if not layers:
+        raise FigureUnavailable("the report has no per-layer audit (--layers)")
+    fig = _new_figure(7.0, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    _style_axes(ax)
+    depth = [layer["distance_from_input"] for layer in layers]
+    share = [100 * layer["fragile_share"] for layer in layers]
+    ax.plot(depth, share, "o-", color=FRAGILE_COLOR, lw=1.4, label="fragile share |S| / C_out (%)")
+    ax.set_xlabel("depth of the layer (nodes from the image input)")
+    ax.set_ylabel("fragile share (%)", color=FRAGILE_COLOR)
+    ax.set_ylim(0, 100)
+    worst = [
+        (d, 100 * layer["worst_drop"])
+        for d, layer in zip(depth, layers, strict=True)
+        if layer["worst_drop"] is not None
+    ]
+    if worst:
+        right = ax.twinx()
+        right.plot([d for d, _ in worst], [w for _, w in worst], "s--", color=NULL_COLOR, lw=1.4)
+        right.set_ylabel("worst drop: accuracy points lost by dropping one kernel", color=NULL_COLOR, fontsize=9)
+        right.set_ylim(bottom=min(0.0, min(w for _, w in worst)))
+        for side in ("top",):
+            right.spines[side].set_visible(False)
+    ax.set_title(f"{len(layers)} layers: fragile share and worst single-kernel drop against depth", fontsize=10)
+    return fig
 
 
 METHOD_COLORS = {"svd": "#7f8c8d", "jacobian": "#8e44ad", "sensitivity": "#16a085", "adversarial": "#d35400"}
@@ -509,6 +543,7 @@ _DRAW = {
     "accuracy_vs_epsilon": accuracy_vs_epsilon_figure,
     "targeting": targeting_figure,
     "frontier": lambda report, hardened: frontier_figure(report),
+    "layers": lambda report, hardened: layers_figure(report),
 }
 
 
