@@ -22,8 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "examples" / "models" / "cifar10_resnet8_e10.onnx"
 DATA = ROOT / "examples" / "data" / "cifar10-sample"
@@ -62,12 +60,11 @@ def _score_all(inputs, layers, method: str, backend, threads: int) -> tuple[floa
             inputs.model.proto, layer, inputs.image_input, inputs.output.name, threads=threads,
             batching=inputs.batching,
         )  # fmt: skip
-        audits.append(
-            score_layer(
-                runner, inputs.data, method=method, compare_exact=False, batch_size=128, run_size=1024, seed=0,
-                bootstrap=0, loss="cross_entropy", backend=backend, progress=_quiet(),
-            )  # fmt: skip
-        )
+        audit = score_layer(
+            runner, inputs.data, method=method, compare_exact=False, batch_size=128, run_size=1024, seed=0,
+            bootstrap=0, loss="cross_entropy", backend=backend, progress=_quiet(),
+        )  # fmt: skip
+        audits.append(audit)
     return time.perf_counter() - started, audits
 
 
