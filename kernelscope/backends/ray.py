@@ -6,7 +6,8 @@ layer reaches it and keeps it for the layer's other tasks (the two most recent l
 
 Equal results to the local backend: the tasks are the same (image shard x variant group, in the same shapes),
 and the first task of every (variants, images) shape runs on the driver, in the local backend's order, so
-the check that stacked variants reproduce one-variant runs happens once and every worker adopts its outcome.
+the check that stacked variants reproduce one-variant runs happens once and every worker adopts its outcome
+(the other tasks of a checked shape are sent as soon as it is checked, while the driver checks the next).
 A worker lost mid-task (its process killed, its node gone) is retried by Ray (``max_retries``); a task is a
 pure function of its inputs, so the retry returns the same predictions.
 """
@@ -90,26 +91,27 @@ class RayBackend:
         shards = self._shard_refs(data, batch_size)
         runs = 0
         with progress.task(f"{description} (Ray, {len(tasks)} tasks)", total=sum(t.evaluations for t in tasks)) as bar:
+            spec = self._ray.put(_runner_spec(runner, self.threads))
+            key = uuid.uuid4().hex
             # The first task of each shape runs here, in the local backend's order: it makes the stacking check.
-            remote_tasks: list[ScoringTask] = []
+            # Tasks of a shape already checked go out at once, with the decisions made so far (a verified shape
+            # runs stacked whatever is decided later), so the workers start while the driver checks.
+            pending: dict[Any, ScoringTask] = {}
             seen: set[tuple[int, int]] = set()
             before = runner.session_runs
             for task in tasks:
                 shape = (len(task.group), task.stop - task.start)
                 if shape in seen:
-                    remote_tasks.append(task)
+                    state = runner.stacking_state()
+                    ref = self._remote.remote(key, [spec], shards[task.shard], masks[task.group], state)
+                    pending[ref] = task
                     continue
                 seen.add(shape)
                 x = ray.get(shards[task.shard])
                 preds[task.group, task.start : task.stop] = runner.predict(x, masks[task.group])
                 bar.advance(task.evaluations)
             runs += runner.session_runs - before
-            spec = self._ray.put(_runner_spec(runner, self.threads))
-            key = uuid.uuid4().hex
-            state = runner.stacking_state()
-            pending = {
-                self._remote.remote(key, [spec], shards[t.shard], masks[t.group], state): t for t in remote_tasks
-            }
+            remote_tasks = list(pending.values())
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
