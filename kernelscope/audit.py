@@ -418,13 +418,12 @@ def _score_layers(
                 inputs.model.proto, layer, inputs.image_input, inputs.output.name, drop=config.drop,
                 providers=config.providers, threads=config.threads, batching=inputs.batching,
             )  # fmt: skip
-        except ModelError as exc:
+            audits.append(score_layer(other, inputs.data, **options))
+        except ModelError as exc:  # no mask site, or onnxruntime refuses the masked graph of this layer
             if named:
                 raise
             skipped.append((layer.name, str(exc)))
-            continue
-        audits.append(score_layer(other, inputs.data, **options))
-        del other  # one session per layer, released before the next is built
+        other = None  # one session per layer, released before the next is built
     timings["layers_scoring"] = time.perf_counter() - clock
     return audits, skipped
 

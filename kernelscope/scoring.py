@@ -7,9 +7,10 @@ once, and several variants share one run, so the cost stays close to (C_out + 1)
 Stacking V variants makes every op after the mask see a batch of V x N. A graph whose shapes are computed from
 the image input's batch (torch.export's ``Shape -> Gather(0) -> ... -> Reshape``, a constant Reshape target
 that encodes the batch) can fail or, worse, mix images at that batch. So each (V, N) shape is checked the first
-time it runs: the stacked run must reproduce the V one-variant runs; if it fails or differs, every further run
-takes one variant at a time (the batch the original graph sees) and :attr:`KernelDropRunner.stacking_note`
-says so.
+time it runs: the stacked run must reproduce the V one-variant runs; if it fails or differs, every run of that
+shape takes one variant at a time (the batch the original graph sees) and
+:attr:`KernelDropRunner.stacking_note` says so. Each shape is decided on its own, so the decisions do not
+depend on the order the shapes come in (backends that check shapes in parallel agree).
 """
 
 from __future__ import annotations
@@ -101,11 +102,10 @@ class ScoringResult:
 
 @dataclass(frozen=True)
 class StackingState:
-    """Which (variants, images) shapes were checked to stack correctly, and whether stacking is still allowed."""
+    """Which (variants, images) shapes were checked: those that stack correctly, and those that do not (why)."""
 
     verified: frozenset[tuple[int, int]]
-    stacking: bool
-    note: str | None
+    failed: tuple[tuple[tuple[int, int], str], ...]  # (shape, note), in the order the checks failed
 
 
 class KernelDropRunner:
@@ -138,12 +138,29 @@ class KernelDropRunner:
         self.batching = batching or resolve_batching(proto, image_input, output, providers, threads)
         # A residual shortcut or a concatenation around the layer: the variants fork where both branches meet.
         self.expansion = batch_expansion_point(self.batching.proto, self.site.tensor, image_input)
-        masked = insert_kernel_mask(self.batching.proto, self.site, self.channels, output, self.expansion)
-        self.session = make_session(masked, providers, threads)
+        self._masked = insert_kernel_mask(self.batching.proto, self.site, self.channels, output, self.expansion)
+        self._threads = threads
+        self._session = None  # built on the first run (a driver that only hands out tasks never needs it)
         self._verified: set[tuple[int, int]] = set()  # (V, N) shapes whose stacked runs were checked
-        self.stacking: bool = True  # variants may share a run (until a check at some (V, N) fails)
-        self.stacking_note: str | None = None  # why variants are run one at a time, once a check failed
+        self._failed: dict[tuple[int, int], str] = {}  # (V, N) shapes whose stacked runs failed the check: why
         self.session_runs = 0  # onnxruntime runs so far (the checks included)
+
+    @property
+    def session(self):
+        """The onnxruntime session of the masked model (built on first use)."""
+        if self._session is None:
+            self._session = make_session(self._masked, self.providers, self._threads)
+        return self._session
+
+    @property
+    def stacking(self) -> bool:
+        """Whether every (V, N) shape checked so far stacks correctly."""
+        return not self._failed
+
+    @property
+    def stacking_note(self) -> str | None:
+        """Why some variants were run one at a time (the first failed check), or None."""
+        return next(iter(self._failed.values()), None)
 
     @property
     def fixed_batch(self) -> int | None:
@@ -167,7 +184,7 @@ class KernelDropRunner:
         if self.batchable:
             if variants == 1 or (variants, images) in self._verified:
                 return _argmax(self._run(x, masks), variants, images)
-            if not self.stacking:
+            if (variants, images) in self._failed:
                 return np.concatenate([_argmax(self._run(x, masks[v : v + 1]), 1, images) for v in range(variants)])
             return self._checked_stack(x, masks)
         # A fixed batch that could not be made dynamic: one variant and exactly `fixed` images per run.
@@ -178,15 +195,17 @@ class KernelDropRunner:
                 preds[v, start : start + real] = _argmax(self._run(chunk, masks[v : v + 1]), 1, fixed)[0, :real]
         return preds
 
-    def stacking_state(self) -> StackingState:
-        """What the stacking checks so far decided (a backend hands it to the runners of its workers)."""
-        return StackingState(frozenset(self._verified), self.stacking, self.stacking_note)
+    def stacking_state(self, shape: tuple[int, int] | None = None) -> StackingState:
+        """What the stacking checks decided (for one ``shape`` only, if given): a backend hands it on."""
+        verified = {s for s in self._verified if shape is None or s == shape}
+        failed = tuple((s, note) for s, note in self._failed.items() if shape is None or s == shape)
+        return StackingState(frozenset(verified), failed)
 
     def adopt_stacking(self, state: StackingState) -> None:
-        """Take over another runner's stacking decisions for the same layer (no check is repeated)."""
-        self._verified = set(state.verified)
-        self.stacking = state.stacking
-        self.stacking_note = state.note
+        """Add another runner's stacking decisions for the same layer (those shapes are not checked again)."""
+        self._verified |= state.verified
+        for shape, note in state.failed:
+            self._failed.setdefault(shape, note)
 
     def _run(self, x: np.ndarray, masks: np.ndarray) -> np.ndarray:
         self.session_runs += 1
@@ -197,8 +216,8 @@ class KernelDropRunner:
 
         When it does, the stacked run gives the result, as it will for every later run of this shape (so a task's
         predictions do not depend on whether it was the first of its shape: backends that split the work agree);
-        when it does not, the one-variant runs (the original graph's batch) give it, and every shape not yet
-        verified runs one variant at a time from then on.
+        when it does not, the one-variant runs (the original graph's batch) give it, as they will for every later
+        run of this shape.
         """
         variants, images = masks.shape[0], x.shape[0]
         separate = [self._run(x, masks[v : v + 1]) for v in range(variants)]
@@ -221,13 +240,11 @@ class KernelDropRunner:
         if reason is None:
             self._verified.add((variants, images))
             return _argmax(stacked, variants, images)
-        else:
-            self.stacking = False
-            self.stacking_note = (
-                f"stacking {variants} kernel variants into one batch of {variants * images} does not reproduce "
-                f"the model run one variant at a time ({reason}; e.g. a Reshape whose target is computed from "
-                "the input's batch): variants were run one at a time (slower, same results)"
-            )
+        self._failed[(variants, images)] = (
+            f"stacking {variants} kernel variants into one batch of {variants * images} does not reproduce "
+            f"the model run one variant at a time ({reason}; e.g. a Reshape whose target is computed from "
+            "the input's batch): variants were run one at a time (slower, same results)"
+        )
         return _argmax(reference, variants, images)
 
 

@@ -176,8 +176,8 @@ def test_stacked_variants_are_verified_at_the_batch_they_run(mix, fork, monkeypa
     note = runner.stacking_note
     assert note is not None and "run one at a time" in note
     assert ("requested_shape_size" in note) if not mix else ("differ from the one-variant runs" in note)
-    # 2 image batches x 6 variants, one per run, plus the one stacked run that failed the check
-    assert result.plan.runs == 2 * 6 + 1
+    # 2 image batches x 6 variants, one per run, plus the stacked run of each shape (16 and 14 images) that failed
+    assert result.plan.runs == 2 * 6 + 2
 
 
 def test_stacking_that_reproduces_the_separate_runs_is_kept():

@@ -5,9 +5,9 @@ each layer's model, once. A worker builds one onnxruntime session per layer the 
 layer reaches it and keeps it for the layer's other tasks (the two most recent layers, to bound memory).
 
 Equal results to the local backend: the tasks are the same (image shard x variant group, in the same shapes),
-and the first task of every (variants, images) shape runs on the driver, in the local backend's order, so
-the check that stacked variants reproduce one-variant runs happens once and every worker adopts its outcome
-(the other tasks of a checked shape are sent as soon as it is checked, while the driver checks the next).
+and the first task of every (variants, images) shape is a probe that makes the check that stacked variants
+reproduce one-variant runs; Ray hands its decision to the shape's other tasks, so the check happens once per
+shape, as in the local backend, and each shape is decided on its own (the probes run side by side).
 A worker lost mid-task (its process killed, its node gone) is retried by Ray (``max_retries``); a task is a
 pure function of its inputs, so the retry returns the same predictions.
 """
@@ -61,8 +61,9 @@ class RayBackend:
             self._started = True
         self.threads = threads or 1  # one CPU per task: onnxruntime must not spread further
         self._remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_score_task)
+        self._probe = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, num_returns=3)(_probe_task)
         self._shards: dict[tuple[int, int], list[Any]] = {}
-        self.remote_tasks = 0  # tasks run on workers (the first of each shape runs on the driver)
+        self.remote_tasks = 0  # tasks run on the workers
 
     @property
     def cpus(self) -> float:
@@ -93,33 +94,34 @@ class RayBackend:
         with progress.task(f"{description} (Ray, {len(tasks)} tasks)", total=sum(t.evaluations for t in tasks)) as bar:
             spec = self._ray.put(_runner_spec(runner, self.threads))
             key = uuid.uuid4().hex
-            # The first task of each shape runs here, in the local backend's order: it makes the stacking check.
-            # Tasks of a shape already checked go out at once, with the decisions made so far (a verified shape
-            # runs stacked whatever is decided later), so the workers start while the driver checks.
-            pending: dict[Any, ScoringTask] = {}
-            seen: set[tuple[int, int]] = set()
-            before = runner.session_runs
+            # The first task of each shape is a probe: it makes the stacking check and returns its decision,
+            # which Ray hands to the shape's other tasks (they wait for it); the probes run side by side.
+            decisions: dict[tuple[int, int], Any] = {}
+            pending: dict[Any, tuple[ScoringTask, Any]] = {}  # predictions ref -> (task, runs ref or None)
             for task in tasks:
                 shape = (len(task.group), task.stop - task.start)
-                if shape in seen:
-                    state = runner.stacking_state()
-                    ref = self._remote.remote(key, [spec], shards[task.shard], masks[task.group], state)
-                    pending[ref] = task
-                    continue
-                seen.add(shape)
-                x = ray.get(shards[task.shard])
-                preds[task.group, task.start : task.stop] = runner.predict(x, masks[task.group])
-                bar.advance(task.evaluations)
-            runs += runner.session_runs - before
+                if shape not in decisions:
+                    preds_ref, runs_ref, decisions[shape] = self._probe.remote(
+                        key, [spec], shards[task.shard], masks[task.group]
+                    )
+                    pending[preds_ref] = (task, runs_ref)
+                else:
+                    ref = self._remote.remote(key, [spec], shards[task.shard], masks[task.group], decisions[shape])
+                    pending[ref] = (task, None)
             remote_tasks = list(pending.values())
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    task = pending.pop(ref)
-                    result, task_runs = _get(ray, ref)
+                    task, runs_ref = pending.pop(ref)
+                    if runs_ref is None:
+                        result, task_runs = _get(ray, ref)
+                    else:
+                        result, task_runs = _get(ray, ref), _get(ray, runs_ref)
                     preds[task.group, task.start : task.stop] = result
                     runs += task_runs
                     bar.advance(task.evaluations)
+            for decision in decisions.values():  # in the order the shapes first came, as the local backend
+                runner.adopt_stacking(_get(ray, decision))
         self.remote_tasks += len(remote_tasks)
         return preds, runs
 
@@ -158,16 +160,8 @@ def _runner_spec(runner, threads: int) -> dict[str, Any]:
     }
 
 
-def _score_task(key: str, spec_ref: list, x: np.ndarray, masks: np.ndarray, state) -> tuple[np.ndarray, int]:
-    """One task on a worker: predictions (V_group, images) of the shard under the group's masks."""
-    fault = os.environ.get(FAULT_FILE_ENV)
-    if fault:
-        try:
-            os.rename(fault, fault + ".taken")  # only one task can take it
-        except OSError:
-            pass
-        else:
-            os._exit(1)  # the worker dies mid-task, as a lost node would
+def _worker_runner(key: str, spec_ref: list):
+    """This worker's runner for the layer ``key`` (built from the spec on first use, then kept)."""
     runner = _RUNNERS.get(key)
     if runner is None:
         import onnx
@@ -186,6 +180,34 @@ def _score_task(key: str, spec_ref: list, x: np.ndarray, masks: np.ndarray, stat
         while len(_RUNNERS) > SESSIONS_PER_WORKER:
             _RUNNERS.popitem(last=False)
     _RUNNERS.move_to_end(key)
+    return runner
+
+
+def _inject_fault() -> None:
+    """With :data:`FAULT_FILE_ENV` set to an existing file: take it (once, cluster-wide) and die mid-task."""
+    fault = os.environ.get(FAULT_FILE_ENV)
+    if fault:
+        try:
+            os.rename(fault, fault + ".taken")  # only one task can take it
+        except OSError:
+            return
+        os._exit(1)  # the worker dies mid-task, as a lost node would
+
+
+def _probe_task(key: str, spec_ref: list, x: np.ndarray, masks: np.ndarray):
+    """The first task of a shape: its predictions, its runs, and the stacking decision the check made."""
+    _inject_fault()
+    runner = _worker_runner(key, spec_ref)
+    before = runner.session_runs
+    preds = runner.predict(x, masks)
+    return preds, runner.session_runs - before, runner.stacking_state((masks.shape[0], x.shape[0]))
+
+
+def _score_task(key: str, spec_ref: list, x: np.ndarray, masks: np.ndarray, state) -> tuple[np.ndarray, int]:
+    """Any other task: predictions (V_group, images) of the shard under the group's masks, with the shape's
+    stacking decision (``state``, from its probe) adopted, so no check is repeated."""
+    _inject_fault()
+    runner = _worker_runner(key, spec_ref)
     runner.adopt_stacking(state)
     before = runner.session_runs
     preds = runner.predict(x, masks)
