@@ -145,6 +145,17 @@ def test_each_layers_targeting_matches_a_direct_computation(network, all_layers)
             assert abs(entry["attacking_fragile"] - hits) <= 2, (layer["name"], entry["epsilon"])
 
 
+def test_the_page_and_figures_show_every_layer(network, tmp_path, all_layers):
+    pytest.importorskip("matplotlib")
+    report = tmp_path / "all.json"
+    report.write_text(json.dumps(all_layers))
+    page, plots = tmp_path / "r.html", tmp_path / "figs"
+    assert main(["report", str(report), "--html", str(page), "--plots", str(plots)]) == 0
+    html = page.read_text()
+    assert "Every layer (Fig. 5)" in html and all(name in html for name in CONVS)
+    assert (plots / "fig5_layers_depth.png").stat().st_size > 1000
+
+
 def test_names_and_patterns_select_layers(network, tmp_path):
     named = _inspect(network, tmp_path, "named", "--layers", "/left/Conv,/a/Conv", "--no-attack")
     assert [layer["name"] for layer in named["layers"]] == ["/a/Conv", "/left/Conv"]

@@ -25,6 +25,7 @@ COMMANDS = {
     "inspect": ("render_inspect", ["--eps", "0.0025,0.0125,0.05", "--bootstrap", "20"]),
     "harden": ("render_harden", ["--noise", "10", "--sweep", "0.0025,0.0125,0.05", "-o", "{out}/h.onnx"]),
     "neurons": ("render_neurons", ["--steps", "3"]),
+    "inspect-layers": ("render_inspect", ["--eps", "0.0025,0.0125,0.05", "--bootstrap", "20", "--layers", "all"]),
 }
 
 
@@ -57,7 +58,8 @@ def runs(tmp_path_factory):
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(render, name, keep)
-            args = [command, str(model), "--data", str(data), "--json", str(folder / f"{command}.json"), "--force"]
+            cli = command.split("-")[0]
+            args = [cli, str(model), "--data", str(data), "--json", str(folder / f"{command}.json"), "--force"]
             code = main(args + [a.format(out=folder) for a in extra])
         assert code == 0, command
         doc = json.loads((folder / f"{command}.json").read_text())
