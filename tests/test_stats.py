@@ -5,6 +5,15 @@ from scipy.stats import binomtest
 from kernelscope.stats import holm_adjust, mcnemar_exact, split_stability
 
 
+@pytest.mark.parametrize(
+    ("b", "c"),
+    [(0, 1), (1, 1), (3, 9), (9, 3), (0, 30), (40, 41), (7, 300), (500, 620), (1200, 1350), (10, 4000), (3000, 3100)],
+)
+def test_mcnemar_equals_scipys_binomial_test(b, c):
+    # Exact integers up to 2,000 pairs, log space beyond: both against scipy's own two-sided test.
+    assert mcnemar_exact(b, c) == pytest.approx(binomtest(min(b, c), b + c, 0.5).pvalue, rel=1e-9, abs=1e-300)
+
+
 def test_mcnemar_matches_binomial_test_and_is_symmetric():
     assert mcnemar_exact(0, 0) == 1.0
     assert mcnemar_exact(10, 2) == pytest.approx(binomtest(2, 12, 0.5).pvalue)
