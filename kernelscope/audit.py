@@ -69,6 +69,7 @@ class InspectConfig:
     attack_method: str = "fgsm"  # "fgsm" (the paper's attack) or "pgd"
     pgd: PgdSettings = field(default_factory=PgdSettings)  # used when attack_method is "pgd"
     targeting_at: str = "conv"  # the tensor Algorithm 1 compares: "conv" (the paper's) or "activation"
+    class_index: Path | None = None  # --classes: class folder names -> the model's output indices
     layers: str | None = None  # audit these convolutions: "all", names "a,b", or a pattern "*conv1*"
     backend: str = "local"  # where the kernel variants run: "local" or "ray"
     ray_address: str | None = None  # a running Ray cluster (None: a local one)
@@ -244,6 +245,9 @@ def _with_data(
             size=config.preprocessing.size,
             channels=config.preprocessing.channels,
             on_progress=lambda done, total: task.update(done, total),
+            resize=config.preprocessing.resize,
+            crop=config.preprocessing.crop,
+            class_index=config.class_index,
         )
     num_classes = _num_classes(output)
     _check_labels(dataset, num_classes)

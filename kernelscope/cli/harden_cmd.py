@@ -108,6 +108,10 @@ def harden_command(
     std: opt.StdOption = None,
     layout: opt.LayoutOption = None,
     size: opt.SizeOption = None,
+    resize: opt.ResizeOption = None,
+    crop: opt.CropOption = None,
+    preset: opt.PresetOption = None,
+    classes: opt.ClassesOption = None,
     channels: opt.ChannelsOption = None,
     json_path: opt.JsonOption = None,
     html_path: opt.HtmlOption = None,
@@ -134,6 +138,7 @@ def harden_command(
         data=data, data_dir=data_dir, split=split, download=download, layer=layer, output=output,
         input_shape=input_shape, drop=drop, limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean,
         std=std, layout=layout, size=size, channels=channels, device=device, threads=threads, bootstrap=0,
+        resize=resize, crop=crop, preset=preset, class_index=classes,
         epsilons=sweep, epsilons_option="--sweep", eps_sweep=eps_sweep, bounds=bounds, atol=atol,
         targeting_at=targeting_at,
     )  # fmt: skip

@@ -62,6 +62,10 @@ def neurons_command(
     std: opt.StdOption = None,
     layout: opt.LayoutOption = None,
     size: opt.SizeOption = None,
+    resize: opt.ResizeOption = None,
+    crop: opt.CropOption = None,
+    preset: opt.PresetOption = None,
+    classes: opt.ClassesOption = None,
     channels: opt.ChannelsOption = None,
     json_path: opt.JsonOption = None,
     html_path: Annotated[
@@ -101,6 +105,7 @@ def neurons_command(
         data=data, data_dir=data_dir, split=split, download=download, output=output, input_shape=input_shape,
         limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean, std=std, layout=layout, size=size,
         channels=channels, device=device, threads=threads, epsilons=None, epsilons_option="--eps", bounds=bounds,
+        resize=resize, crop=crop, preset=preset, class_index=classes,
         atol=atol,
     )  # fmt: skip
     settings = AttackSettings(

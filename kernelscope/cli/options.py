@@ -67,6 +67,33 @@ SizeOption = Annotated[
         rich_help_panel=PREPROCESSING,
     ),
 ]
+ResizeOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Scale each image's shorter side to N pixels (image folders), e.g. 256 before --crop 224.",
+        rich_help_panel=PREPROCESSING,
+    ),
+]
+CropOption = Annotated[
+    int | None,
+    typer.Option(help="Cut the centred N x N square of each image (image folders).", rich_help_panel=PREPROCESSING),
+]
+PresetOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Normalization preset: imagenet, cifar10, mnist or fashion-mnist (its scale, mean and std).",
+        rich_help_panel=PREPROCESSING,
+    ),
+]
+ClassesOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--classes",
+        help="Class-index file mapping class folder names to the model's output indices (e.g. ImageNet "
+        "synsets): JSON {name: index}, JSON {index: [name, label]}, a JSON list, or one name per line.",
+        rich_help_panel=PREPROCESSING,
+    ),
+]
 ChannelsOption = Annotated[
     int | None, typer.Option(help="Convert images to 1 (grayscale) or 3 (RGB) channels.", rich_help_panel=PREPROCESSING)
 ]
@@ -174,11 +201,19 @@ def parse_ints(text: str | None, what: str, count: int | None = None) -> tuple[i
 
 
 def preprocessing_options(
-    scale: float | None, mean: str | None, std: str | None, layout: str | None, size: str | None, channels: int | None
-) -> PreprocessingOptions:
+    scale: float | None, mean: str | None, std: str | None, layout: str | None, size: str | None, channels: int | None,
+    resize: int | None = None, crop: int | None = None, preset: str | None = None,
+) -> PreprocessingOptions:  # fmt: skip
     """Collect the preprocessing options into the library's dataclass."""
     if scale is not None and not scale > 0:
         raise UsageError(f"--scale must be positive, not {scale}")
+    for name, value in (("--resize", resize), ("--crop", crop)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be a positive number of pixels, not {value}")
+    from kernelscope.data.preprocessing import PRESETS
+
+    if preset is not None and preset.lower() not in PRESETS:
+        raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, not {preset!r}")
     parsed_size = parse_ints(size, "--size", 2)
     return PreprocessingOptions(
         scale=scale,
@@ -187,6 +222,9 @@ def preprocessing_options(
         layout=layout.upper() if layout else None,
         size=(parsed_size[0], parsed_size[1]) if parsed_size else None,
         channels=channels,
+        resize=resize,
+        crop=crop,
+        preset=preset.lower() if preset else None,
     )
 
 
@@ -226,6 +264,9 @@ def inspect_config(
     size: str | None,
     channels: int | None,
     device: str,
+    resize: int | None = None,
+    crop: int | None = None,
+    preset: str | None = None,
     epsilons: str | None,
     epsilons_option: str,
     bounds: str,
@@ -249,7 +290,7 @@ def inspect_config(
         torch.set_num_threads(threads)
     return InspectConfig(
         input_shape=parse_ints(input_shape, "--input-shape", 4),
-        preprocessing=preprocessing_options(scale, mean, std, layout, size, channels),
+        preprocessing=preprocessing_options(scale, mean, std, layout, size, channels, resize, crop, preset),
         providers=providers_for(device),
         epsilons=parse_floats(epsilons, epsilons_option),
         bounds=parse_bounds(bounds),

@@ -31,20 +31,72 @@ class _Entry:
     read: Callable[[], bytes]
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """How decoded images are brought to one size: the standard evaluation transform and/or a plain resize.
+
+    ``resize`` scales the shorter side to that many pixels (bilinear, keeping the aspect ratio), then ``crop``
+    cuts the centred ``crop`` x ``crop`` square (torchvision's ``Resize(256)`` + ``CenterCrop(224)``); ``size``
+    (height, width), applied last, resizes to exactly that.
+    """
+
+    size: tuple[int, int] | None = None
+    resize: int | None = None
+    crop: int | None = None
+
+    def apply(self, image: Image.Image, where: str) -> Image.Image:
+        """``image`` resized / cropped as configured (converted to L or RGB first where Pillow needs it)."""
+        if (
+            self.resize is None
+            and self.crop is None
+            and (self.size is None or (image.height, image.width) == self.size)
+        ):
+            return image
+        if image.mode not in ("1", "L", "RGB", "RGBA", "F", "I"):
+            image = image.convert("RGB" if _is_colour(image) else "L")
+        if self.resize is not None:
+            short = min(image.width, image.height)
+            scale = self.resize / short
+            width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+            if (width, height) != image.size:
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+        if self.crop is not None:
+            if image.width < self.crop or image.height < self.crop:
+                raise DataError(
+                    f"image {where} is {image.height}x{image.width} (HxW), smaller than --crop {self.crop}; add "
+                    f"--resize {self.crop} or more"
+                )
+            top = round((image.height - self.crop) / 2.0)
+            left = round((image.width - self.crop) / 2.0)
+            image = image.crop((left, top, left + self.crop, top + self.crop))
+        if self.size is not None and (image.height, image.width) != self.size:
+            image = image.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+        return image
+
+
 def load_image_folder(
     path: Path | str,
     *,
     size: tuple[int, int] | None = None,
     channels: int | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
+    class_index: Path | str | None = None,
 ) -> ImageDataset:
     """Load an image-folder data set from a directory or a ``.tar`` of ``<class>/<file>`` members.
 
     Class names are the sorted sub-folder names and give the label order; files are taken in sorted order.
-    With ``size`` (height, width) every image is resized (bilinear); without it all must share one size.
-    ``channels`` 1 or 3 forces grayscale or RGB; ``None`` picks RGB if any image has colour.
+    With ``class_index`` (a file mapping folder names to the model's output indices, see
+    :func:`load_class_index`; e.g. ImageNet synsets) the labels come from it instead.
+    ``resize`` / ``crop`` / ``size`` bring every image to one size (:class:`Geometry`); without them all must
+    share one size. ``channels`` 1 or 3 forces grayscale or RGB; ``None`` picks RGB if any image has colour.
     """
     path = Path(path)
     size = _check_size(size)
+    for name, value in (("--resize", resize), ("--crop", crop)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise DataError(f"{name} must be a positive number of pixels, not {value!r}")
+    geometry = Geometry(size, resize, crop)
     if channels not in (None, 1, 3):
         raise DataError(f"channels must be 1 or 3, not {channels!r}")
     if path.is_dir():
@@ -53,21 +105,85 @@ def load_image_folder(
         classes, entries = _scan_tar(path)
     else:
         raise DataError(f"no such image folder or tar file: {path}; check the path")
-    images = [_decode(entry, size) for entry in entries]
+    mapping = None
+    if class_index is not None:  # checked before any image is decoded
+        mapping = load_class_index(class_index)
+        missing = [name for name in classes if name not in mapping]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise DataError(f"class folder(s) {shown} of {path} are not in the class index {class_index}")
+    images = [geometry.apply(_decode(entry, None), entry.where) for entry in entries]
     if size is None:
         _check_same_size(images, entries)
     mode = _target_mode(images, channels)
     pixels = np.stack([_to_array(image, mode) for image in images])
-    index = {name: label for label, name in enumerate(classes)}
+    if mapping is not None:
+        index = {name: mapping[name][0] for name in classes}
+        if {i for i, _ in mapping.values()} == set(range(len(mapping))):  # a complete index: 0..K-1
+            names = [""] * len(mapping)
+            for folder, (i, label) in mapping.items():
+                names[i] = label or folder
+            num_classes, class_names = len(mapping), tuple(names)
+        else:  # a partial index defines the labels, not how many classes the model has
+            num_classes, class_names = None, None
+    else:
+        index = {name: label for label, name in enumerate(classes)}
+        num_classes, class_names = len(classes), tuple(classes)
     labels = np.array([index[entry.class_name] for entry in entries], dtype=np.int64)
     return ImageDataset(
         name=_dataset_name(path),
         images=pixels,
         labels=labels,
         source=str(path),
-        num_classes=len(classes),
-        class_names=tuple(classes),
+        num_classes=num_classes,
+        class_names=class_names,
     )
+
+
+def load_class_index(path: Path | str) -> dict[str, tuple[int, str]]:
+    """Folder name -> (the model's output index, a readable label) from a class-index file.
+
+    Accepted: JSON ``{"n01440764": 0, ...}``; JSON ``{"0": ["n01440764", "tench"], ...}`` (the common
+    ``imagenet_class_index.json``); a JSON list of folder names (position = index); or a text file with one
+    class per line, its first word the folder name and the rest its label (``LOC_synset_mapping.txt``), line
+    order = index. Any other shape is a one-line :class:`DataError`.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read the class index {path}: {exc.strerror or exc}") from None
+    mapping: dict[str, tuple[int, str]] = {}
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and doc and all(isinstance(v, int) and not isinstance(v, bool) for v in doc.values()):
+        mapping = {str(k): (int(v), "") for k, v in doc.items()}
+    elif isinstance(doc, dict) and doc and all(isinstance(v, list) and len(v) >= 1 for v in doc.values()):
+        try:
+            mapping = {str(v[0]): (int(k), " ".join(map(str, v[1:]))) for k, v in doc.items()}
+        except ValueError:
+            raise DataError(
+                f'the class index {path} maps non-integer keys to lists; expected {{"0": [name, label]}}'
+            ) from None
+    elif isinstance(doc, list) and doc and all(isinstance(v, str) for v in doc):
+        mapping = {name: (i, "") for i, name in enumerate(doc)}
+    elif doc is None:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        for i, line in enumerate(lines):
+            folder, _, label = line.partition(" ")
+            mapping[folder] = (i, label.strip())
+    if not mapping:
+        raise DataError(
+            f"the class index {path} is empty or not one of: a JSON object name -> index, a JSON object "
+            "index -> [name, label], a JSON list of names, or a text file with one class per line"
+        )
+    if any(index < 0 for index, _ in mapping.values()) or len({i for i, _ in mapping.values()}) != len(mapping):
+        raise DataError(f"the class index {path} gives a negative index or one index to two classes")
+    return mapping
 
 
 # ------------------------------------------------------------------------------------------------ scanning
@@ -151,10 +267,7 @@ def _decode(entry: _Entry, size: tuple[int, int] | None) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(entry.read()))
         image.load()  # Pillow decodes lazily; force it here so damage shows up with the file's name.
-        if size is not None and (image.height, image.width) != size:
-            if image.mode not in ("1", "L", "RGB", "RGBA", "F", "I"):
-                image = image.convert("RGB" if _is_colour(image) else "L")
-            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        image = Geometry(size).apply(image, entry.where)
     except UnidentifiedImageError as exc:  # its message names an in-memory BytesIO object: say it plainly
         raise DataError(
             f"cannot read image {entry.where} (not an image format Pillow knows); delete or replace it"
@@ -170,7 +283,8 @@ def _check_same_size(images: Sequence[Image.Image], entries: Sequence[_Entry]) -
         if image.size != first.size:
             raise DataError(
                 f"images differ in size: {entries[0].where} is {first.height}x{first.width} but"
-                f" {entry.where} is {image.height}x{image.width} (HxW); pass --size HxW to resize them all"
+                f" {entry.where} is {image.height}x{image.width} (HxW); pass --size H,W to resize them all"
+                " (photos: --resize 256 --crop 224, the standard evaluation transform)"
             )
 
 

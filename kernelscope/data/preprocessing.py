@@ -24,6 +24,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "cifar10": {"scale": 1 / 255, "mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)},
     "mnist": {"scale": 1 / 255, "mean": (0.1307,), "std": (0.3081,)},
     "fashion-mnist": {"scale": 1 / 255, "mean": (0.2860,), "std": (0.3530,)},
+    # The normalization of torchvision's and most ImageNet model zoos' evaluation transform (RGB, NCHW).
+    "imagenet": {"scale": 1 / 255, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
 }
 
 #: NHW: a 3-D batch of one-channel images (N, H, W), as some tf2onnx MNIST exports take.
@@ -40,6 +42,9 @@ class PreprocessingOptions:
     layout: str | None = None
     size: tuple[int, int] | None = None
     channels: int | None = None
+    resize: int | None = None  # shorter side to this many pixels before ``crop`` (image folders)
+    crop: int | None = None  # centred square crop (image folders)
+    preset: str | None = None  # a key of PRESETS: its scale / mean / std unless given one by one
 
 
 @dataclass(frozen=True)
@@ -168,8 +173,18 @@ def resolve_preprocessing(
     options = options or PreprocessingOptions()
     meta = dict(metadata or {})
     sources: dict[str, str] = {}
-    # The data set's own preset, else the one of the data set the model's metadata says it was trained on.
-    preset_name = dataset.name if dataset.name in PRESETS else preset if preset in PRESETS else None
+    # An explicit --preset, else the data set's own, else the one of the data set the model's metadata names.
+    if options.preset is not None and options.preset not in PRESETS:
+        raise UsageError(f"--preset must be one of {', '.join(PRESETS)}, not {options.preset!r}")
+    preset_name = (
+        options.preset
+        if options.preset is not None
+        else dataset.name
+        if dataset.name in PRESETS
+        else preset
+        if preset in PRESETS
+        else None
+    )
     preset_values = PRESETS.get(preset_name or "", {})
 
     # Layout: option > metadata > input shape > NCHW.
@@ -214,9 +229,10 @@ def resolve_preprocessing(
         if options.scale is not None or options.mean is not None or options.std is not None:
             raise UsageError("the model takes uint8 pixels and normalizes them itself; drop --scale/--mean/--std")
     else:
-        scale, sources["scale"] = _pick("scale", options.scale, meta, preset_values, preset_name, 1 / 255)
-        mean, sources["mean"] = _pick("mean", options.mean, meta, preset_values, preset_name, (0.0,))
-        std, sources["std"] = _pick("std", options.std, meta, preset_values, preset_name, (1.0,))
+        given = options.preset is not None
+        scale, sources["scale"] = _pick("scale", options.scale, meta, preset_values, preset_name, 1 / 255, given)
+        mean, sources["mean"] = _pick("mean", options.mean, meta, preset_values, preset_name, (0.0,), given)
+        std, sources["std"] = _pick("std", options.std, meta, preset_values, preset_name, (1.0,), given)
     mean = _per_channel(tuple(float(m) for m in _as_tuple(mean)), channels, "mean")
     std = _per_channel(tuple(float(s) for s in _as_tuple(std)), channels, "std")
     if any(s == 0 for s in std):
@@ -239,9 +255,11 @@ def _as_tuple(value: object) -> tuple:
     return (value,)
 
 
-def _pick(key, option, meta, preset, preset_name, default):
+def _pick(key, option, meta, preset, preset_name, default, explicit_preset: bool = False):
     if option is not None:
         return option, "option"
+    if explicit_preset and key in preset:  # --preset names the normalization: it outranks the metadata
+        return preset[key], f"preset {preset_name} (option)"
     if key in meta:
         return meta[key], "model metadata"
     if key in preset:

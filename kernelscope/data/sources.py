@@ -48,6 +48,9 @@ def load_dataset(
     size: tuple[int, int] | None = None,
     channels: int | None = None,
     on_progress: ProgressCallback | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
+    class_index: Path | str | None = None,
 ) -> ImageDataset:
     """Load the data set ``spec`` names: an official name (see OFFICIAL_DATASETS) or a path.
 
@@ -55,17 +58,28 @@ def load_dataset(
     official files (``cifar-10-batches-py``, idx files), a ``.npz``, a ``.tar`` image folder, or the
     official ``cifar-10-python.tar.gz``. ``split`` picks the official split or the split sub-folder;
     ``data_dir``, ``download`` and ``on_progress`` apply to official names, ``size`` and ``channels`` to
-    image folders only.
+    image folders only, and so do ``resize`` / ``crop`` (the standard evaluation transform, see
+    :class:`~kernelscope.data.folders.Geometry`) and ``class_index`` (folder names -> the model's output
+    indices); given for other data they are a one-line :class:`DataError`.
     """
+    folder = {"size": size, "channels": channels, "resize": resize, "crop": crop, "class_index": class_index}
     name = resolve_name(spec)
     if name is not None:
+        _no_folder_options(spec, folder)
         return load_official(name, split=split, data_dir=data_dir, download=download, on_progress=on_progress)
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"no such data set or file: {spec} (known names: {', '.join(OFFICIAL_DATASETS)})")
     if path.is_dir():
-        return _load_directory(path, split=split, size=size, channels=channels)
-    return _load_file(path, split=split, size=size, channels=channels)
+        return _load_directory(path, split=split, folder=folder)
+    return _load_file(path, split=split, folder=folder)
+
+
+def _no_folder_options(spec: object, folder: dict) -> None:
+    """``--resize`` / ``--crop`` / ``--classes`` on data that is not an image folder: say so in one line."""
+    given = [f"--{k}" if k != "class_index" else "--classes" for k in ("resize", "crop", "class_index") if folder[k]]
+    if given:
+        raise DataError(f"{' and '.join(given)} apply to image folders (or tars of them), not to {spec}")
 
 
 def resolve_name(spec: str) -> str | None:
@@ -75,14 +89,13 @@ def resolve_name(spec: str) -> str | None:
     return ALIASES.get(spec.strip().lower())
 
 
-def _load_directory(path: Path, *, split: str, size: tuple[int, int] | None, channels: int | None) -> ImageDataset:
+def _load_directory(path: Path, *, split: str, folder: dict) -> ImageDataset:
     official = detect_official(path)
     if official is not None:
+        _no_folder_options(path, folder)
         return load_official_folder(official, path, split=split)
     child = _split_child(path, split)
-    if child is not None:
-        return load_image_folder(child, size=size, channels=channels)
-    return load_image_folder(path, size=size, channels=channels)
+    return load_image_folder(child if child is not None else path, **folder)
 
 
 def _split_child(path: Path, split: str) -> Path | None:
@@ -102,14 +115,16 @@ def _split_child(path: Path, split: str) -> Path | None:
     return None
 
 
-def _load_file(path: Path, *, split: str, size: tuple[int, int] | None, channels: int | None) -> ImageDataset:
+def _load_file(path: Path, *, split: str, folder: dict) -> ImageDataset:
     lower = path.name.lower()
     if lower.endswith(".npz"):
+        _no_folder_options(path, folder)
         return load_npz(path)
     if lower == CIFAR_ARCHIVE or (lower.endswith((".tar.gz", ".tgz")) and _is_cifar_archive(path)):
+        _no_folder_options(path, folder)
         return load_cifar10_archive(path, split=split)
     if lower.endswith((".tar", ".tar.gz", ".tgz")):
-        return load_image_folder(path, size=size, channels=channels)
+        return load_image_folder(path, **folder)
     raise DataError(
         f"don't know how to read {path}: use a .npz, a .tar or folder of class folders, or one of"
         f" {', '.join(OFFICIAL_DATASETS)}"

@@ -486,7 +486,8 @@ def _train_data(inputs: AuditInputs, config: HardenConfig, progress: Progress) -
         dataset = load_dataset(
             spec, split=config.train_split, data_dir=base.data_dir, download=base.download,
             size=base.preprocessing.size, channels=base.preprocessing.channels,
-            on_progress=lambda done, total: task.update(done, total),
+            on_progress=lambda done, total: task.update(done, total), resize=base.preprocessing.resize,
+            crop=base.preprocessing.crop, class_index=base.class_index,
         )  # fmt: skip
     _check_labels(dataset, inputs.num_classes)
     if same_source is False and dataset.source == inputs.data.dataset.source:
