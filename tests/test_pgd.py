@@ -80,6 +80,38 @@ def test_pgd_keeps_the_iterate_with_the_best_criterion():
     np.testing.assert_allclose(run.criterion, -(0.02**2), atol=1e-6)
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_early_stopping_keeps_the_first_iterate_that_reaches_the_mark_and_changes_no_other_example(norm):
+    """With ``done_at``, an example stops at its first iterate whose criterion reaches the mark; the others,
+    run on a smaller batch from then on, end exactly where they would without stopping."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.2, 0.8, size=(12, 4, 4, 3)).astype(np.float32)
+    weights = torch.as_tensor(rng.normal(0, 1, size=(12, 48)), dtype=torch.float32)
+    mark = 1e9
+    done = torch.as_tensor(np.arange(12) % 3 == 0)  # rows 0, 3, 6, 9 reach the mark at once
+
+    def objective_for(rows: np.ndarray):
+        w, finished = weights[torch.as_tensor(rows)], done[torch.as_tensor(rows)]
+
+        def objective(t):
+            value = (t.flatten(1) * w).sum(1)
+            return value, torch.where(finished, torch.full_like(value, mark, dtype=torch.float64), value.double())
+
+        return objective
+
+    settings = PgdSettings(norm=norm, steps=6, random_start=False)
+    epsilon = 0.03 if norm == "linf" else 0.3
+    everyone = np.arange(12)
+    plain = pgd(objective_for(everyone), x, epsilon, settings)
+    stopped = pgd(objective_for(everyone), x, epsilon, settings, done_at=mark, restrict=objective_for)
+    going = everyone % 3 != 0
+    np.testing.assert_array_equal(stopped.adversarial[going], plain.adversarial[going])
+    np.testing.assert_array_equal(stopped.criterion[going], plain.criterion[going])
+    # The stopped ones keep their first iterate (the start: no random start), where the mark was first reached.
+    np.testing.assert_array_equal(stopped.adversarial[~going], x[~going])
+    assert np.all(stopped.criterion[~going] >= mark)
+
+
 def test_bad_settings_are_usage_errors():
     for settings in (PgdSettings(norm="l1"), PgdSettings(steps=0), PgdSettings(restarts=0), PgdSettings(step_size=-1)):
         with pytest.raises(UsageError):

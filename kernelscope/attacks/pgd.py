@@ -128,11 +128,18 @@ def pgd(
     *,
     bounds: tuple[float, float] = (0.0, 1.0),
     generator: np.random.Generator | None = None,
+    done_at: float | None = None,
+    restrict: Callable[[np.ndarray], Objective] | None = None,
 ) -> PgdResult:
     """One PGD run from ``x01`` (B, H, W, C in [0, 1]) at ``epsilon``: ascend the objective, keep the best criterion.
 
     ``settings.restarts`` is not applied here (a restart is judged by the deployed model, which the caller
     owns); call this once per restart. ``generator`` draws the random start (default: seed 0).
+
+    Early stopping: with ``done_at`` and ``restrict`` (rows -> the objective of those rows of the batch only),
+    an example whose best criterion reaches ``done_at`` stops there: its best iterate is final, and the
+    remaining steps run on the other examples only. Examples do not interact (the objective is a per-example
+    sum), so the others follow the same path as without stopping.
     """
     x = torch.as_tensor(np.asarray(x01, dtype=np.float32))
     if epsilon <= 0:
@@ -145,15 +152,18 @@ def pgd(
     current = project(x, start, epsilon, settings.norm, bounds)
     best = current.clone()
     best_value = torch.full((x.shape[0],), -float("inf"), dtype=torch.float64)
+    active = torch.arange(x.shape[0])  # examples still searching (all of them without early stopping)
+    everyone = True
     for iteration in range(settings.steps + 1):
         last = iteration == settings.steps  # the final iterate only needs its criterion, not a gradient
-        point = current.detach().requires_grad_(not last)
+        point = (current if everyone else current[active]).detach().requires_grad_(not last)
         with torch.set_grad_enabled(not last):
             value, criterion = objective(point)
         criterion = criterion.detach().double()
-        better = criterion > best_value  # NaN compares False: a non-finite criterion never wins
-        best[better] = point.detach()[better]
-        best_value = torch.where(better, criterion, best_value)
+        better = criterion > best_value[active]  # NaN compares False: a non-finite criterion never wins
+        rows = active[better]
+        best[rows] = point.detach()[better]
+        best_value[rows] = criterion[better]
         if last:
             break
         (gradient,) = torch.autograd.grad(value.sum(), point)
@@ -165,7 +175,18 @@ def pgd(
             # Zero gradient: no direction to move in (explicit guard instead of 0/0).
             direction = torch.where(length > 0, gradient / length.clamp_min(1e-30), torch.zeros_like(gradient))
             moved = point.detach() + step * direction
-        current = project(x, moved, epsilon, settings.norm, bounds)
+        if everyone:
+            current = project(x, moved, epsilon, settings.norm, bounds)
+        else:
+            current[active] = project(x[active], moved, epsilon, settings.norm, bounds)
+        if done_at is not None and restrict is not None:
+            finished = best_value[active] >= done_at
+            if bool(finished.any()):
+                active = active[~finished]
+                if len(active) == 0:
+                    break
+                everyone = False
+                objective = restrict(active.numpy())
     return PgdResult(best.numpy().astype(np.float32, copy=False), best_value.numpy())
 
 

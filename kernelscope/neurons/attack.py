@@ -7,8 +7,10 @@ For an image x, a neuron i and its sensitivity Δ(i, x), the target features are
 
 over x′ in the ε-ball with PGD, keeping the iterate with the highest cross-entropy of the logits against
 the clean prediction (computed in float64: in float32 it is exactly 0 on confident images, and every
-iterate would tie). It succeeds when the deployed model's prediction changes. The comparison is an
-untargeted PGD with the same norm, ε, steps and step size that ascends that cross-entropy directly.
+iterate would tie) — except that an iterate the mirror already classifies differently ends the search of
+its (image, neuron) pair: it is kept, and the pair's remaining steps are not run (the other pairs carry on).
+It succeeds when the deployed model's prediction changes. The comparison is an untargeted PGD with the same
+norm, ε, steps and step size that ascends that cross-entropy directly, stopped the same way.
 Gradients come from the parity-checked PyTorch mirror; success is judged by onnxruntime.
 """
 
@@ -32,6 +34,9 @@ from kernelscope.stats import wilson_interval
 #: A zero target norm or target value is replaced by this (explicit guard against 0/0): the term then
 #: dominates and pushes the feature to exactly its (zero) target.
 _TINY = 1e-12
+#: Added to the criterion of an iterate the mirror classifies differently from the clean prediction: above any
+#: cross-entropy, so PGD keeps the first such iterate and stops that example there (``pgd(done_at=...)``).
+FOOLED = 1e12
 
 
 @dataclass
@@ -201,14 +206,22 @@ def _attack_pairs(
     target = features.astype(np.float64).copy()
     target[rows, neurons] += deltas
     objective = _neuron_objective(twin, target, neurons, labels, settings.lam)
-    run = pgd(objective, x01, settings.epsilon, settings.pgd, bounds=bounds, generator=generator)
+
+    def restrict(keep: np.ndarray):
+        return _neuron_objective(twin, target[keep], neurons[keep], labels[keep], settings.lam)
+
+    run = pgd(
+        objective, x01, settings.epsilon, settings.pgd, bounds=bounds, generator=generator, done_at=FOOLED,
+        restrict=restrict,
+    )  # fmt: skip
     scores, reached = deployed(run.adversarial)
     gap = np.abs(reached[rows, neurons].astype(np.float64) - target[rows, neurons])
     return scores.argmax(axis=1) != labels, int(np.count_nonzero(gap < np.abs(deltas)))
 
 
 def _neuron_objective(twin: HeadTwin, target: np.ndarray, neurons: np.ndarray, labels: np.ndarray, lam: float):
-    """PGD objective: ascend minus the feature loss; criterion: cross-entropy of the logits against ``labels``."""
+    """PGD objective: ascend minus the feature loss; criterion: cross-entropy of the logits against ``labels``,
+    plus :data:`FOOLED` where the mirror's prediction already differs from ``labels``."""
     t = torch.as_tensor(target, dtype=torch.float32)
     picked = torch.as_tensor(neurons, dtype=torch.long)
     rows = torch.arange(len(neurons))
@@ -220,9 +233,14 @@ def _neuron_objective(twin: HeadTwin, target: np.ndarray, neurons: np.ndarray, l
     def objective(x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f, z = twin(x01)
         loss = (f - t).norm(dim=1) / t_norm + lam * (f[rows, picked] - t_i).abs() / t_i_size
-        return -loss, precise_cross_entropy(z, y)
+        return -loss, fooled_criterion(z, y)
 
     return objective
+
+
+def fooled_criterion(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Float64 cross-entropy of logits ``z`` against ``y``, plus :data:`FOOLED` where argmax z differs from y."""
+    return precise_cross_entropy(z, y) + FOOLED * (z.detach().argmax(dim=1) != y).double()
 
 
 def pgd_comparison(
@@ -253,9 +271,15 @@ def pgd_comparison(
 
             def objective(x: torch.Tensor, labels: torch.Tensor = labels) -> tuple[torch.Tensor, torch.Tensor]:
                 logits = twin(x)[1]
-                return F.cross_entropy(logits, labels, reduction="none"), precise_cross_entropy(logits, labels)
+                return F.cross_entropy(logits, labels, reduction="none"), fooled_criterion(logits, labels)
 
-            run = pgd(objective, x01, settings.epsilon, settings.pgd, bounds=bounds, generator=generator)
+            def restrict(keep: np.ndarray, labels: torch.Tensor = labels):
+                return lambda x: objective(x, labels[torch.as_tensor(keep)])
+
+            run = pgd(
+                objective, x01, settings.epsilon, settings.pgd, bounds=bounds, generator=generator, done_at=FOOLED,
+                restrict=restrict,
+            )  # fmt: skip
             scores, _ = deployed(run.adversarial)
             hits += int(np.count_nonzero(scores.argmax(axis=1) != labels.numpy()))
             offset += len(x01)
