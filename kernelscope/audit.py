@@ -10,7 +10,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from kernelscope.layers import LayerAudit, most_damaging, score_layer
 from kernelscope.model.batching import Batching, resolve_batching
 from kernelscope.model.first_conv import ConvLayer, LayerSelection, find_conv, select_convs
 from kernelscope.model.loading import LoadedModel, TensorInfo, load_model
+from kernelscope.model.memory import DEFAULT_MEMORY, activation_bytes_per_image, run_size_for
 from kernelscope.progress import NO_PROGRESS, Progress
 from kernelscope.robustness import ATTACKS, AttackReport, check_targeting_at, prepare_attack, run_attack
 from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, ScoringResult
@@ -53,7 +54,8 @@ class InspectConfig:
     limit: int | None = None
     seed: int = 0
     batch_size: int = 128
-    run_size: int = DEFAULT_RUN_SIZE
+    run_size: int = DEFAULT_RUN_SIZE  # variant-images per scoring run at most (fewer when --memory needs it)
+    memory: int = DEFAULT_MEMORY  # bytes one scoring run's activations may take (--memory)
     preprocessing: PreprocessingOptions = field(default_factory=PreprocessingOptions)
     providers: tuple[str, ...] | None = None
     threads: int | None = None
@@ -305,14 +307,23 @@ def inspect_model(
             batching, image_input, output.name, data, tolerance=config.atol, providers=config.providers
         )
         timings["mirror_check"] = time.perf_counter() - clock
+    # Runs sized by the memory budget: V variants x N images of this model's activations must fit.
+    fork = runner.expansion.tensor if runner.expansion is not None else runner.site.tensor
+    per_image = activation_bytes_per_image(batching.proto, image_input, after=fork)
+    run_size = run_size_for(config.memory, per_image, config.run_size)
+    sized = config
+    if run_size < config.run_size:
+        sized = replace(config, run_size=run_size, batch_size=min(config.batch_size, run_size))
+        timings["scoring_run_size"] = run_size  # variant-images per run the budget allowed
     backend = get_backend(config.backend, config.ray_address, config.threads)
     try:
-        audits, skipped = _score_layers(runner, selection, inputs, config, prepared, backend, progress, timings)
+        audits, skipped = _score_layers(runner, selection, inputs, sized, prepared, backend, progress, timings)
         if config.backend == "ray":
             timings["ray_cpus"] = backend.cpus
             timings["ray_remote_tasks"] = backend.remote_tasks
     finally:
         backend.close()
+    runner.release()  # the scoring session is not needed by the attack: free its memory first
     scoring, fast = audits[0].scoring, audits[0].fast
     if scoring is not None:
         timings["scoring"] = scoring.seconds

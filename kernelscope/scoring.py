@@ -152,6 +152,10 @@ class KernelDropRunner:
             self._session = make_session(self._masked, self.providers, self._threads)
         return self._session
 
+    def release(self) -> None:
+        """Drop the onnxruntime session (and its memory); a later run builds it again."""
+        self._session = None
+
     @property
     def stacking(self) -> bool:
         """Whether every (V, N) shape checked so far stacks correctly."""

@@ -86,6 +86,7 @@ def inspect_command(
     fail_under: opt.FailUnderOption = None,
     device: opt.DeviceOption = "auto",
     threads: opt.ThreadsOption = None,
+    memory: opt.MemoryOption = "2GB",
     top: Annotated[int | None, typer.Option(help="Show only the N lowest-accuracy kernels in the table.")] = None,
     scale: opt.ScaleOption = None,
     mean: opt.MeanOption = None,
@@ -108,6 +109,7 @@ def inspect_command(
     from kernelscope.attacks.pgd import PgdSettings
     from kernelscope.audit import inspect_model
     from kernelscope.cli.render import render_gates, render_inspect
+    from kernelscope.model.memory import parse_memory
     from kernelscope.report.json_report import inspect_to_dict
 
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
@@ -127,7 +129,7 @@ def inspect_command(
         attack=not no_attack, attack_method=attack.lower(), epsilons=eps, epsilons_option="--eps",
         eps_sweep=eps_sweep, bounds=bounds, atol=atol, method=method, compare_exact=compare_exact,
         targeting_at=targeting_at, extra_epsilons=gating.gate_epsilons(gates), layers=layers,
-        backend=backend.lower(), ray_address=ray_address,
+        backend=backend.lower(), ray_address=ray_address, memory=parse_memory(memory),
         pgd=PgdSettings(
             norm=pgd_norm.lower(), steps=pgd_steps, step_size=pgd_step_size, random_start=pgd_random_start,
             restarts=pgd_restarts,

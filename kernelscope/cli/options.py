@@ -167,6 +167,13 @@ AtolOption = Annotated[
     ),
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA if onnxruntime-gpu sees a GPU), cpu or cuda.")]
+MemoryOption = Annotated[
+    str,
+    typer.Option(
+        help="Memory one scoring run's activations may take (e.g. 2GB, 512MB); fewer kernel variants and images "
+        "share a run on large models."
+    ),
+]
 ThreadsOption = Annotated[
     int | None, typer.Option(help="CPU threads for onnxruntime and the PyTorch mirror (default: all cores).")
 ]

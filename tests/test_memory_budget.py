@@ -1,0 +1,60 @@
+"""``--memory``: scoring runs are sized by a byte budget from the model's own activation sizes, with the
+same scores whatever the budget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kernelscope.cli.app import main
+from kernelscope.errors import UsageError
+from kernelscope.model.loading import load_model
+from kernelscope.model.memory import activation_bytes_per_image, parse_memory, run_size_for
+
+from builders import conv_classifier, random_npz, save
+
+
+def test_sizes_parse_in_powers_of_1024():
+    assert parse_memory("2GB") == 2 * 1024**3 and parse_memory("512mb") == 512 * 1024**2
+    assert parse_memory("1.5G") == int(1.5 * 1024**3) and parse_memory("4096") == 4096
+    assert parse_memory("64 KiB") == 64 * 1024
+    for bad in ("", "two GB", "-1GB", "3TB", "0"):
+        with pytest.raises(UsageError):
+            parse_memory(bad)
+
+
+def test_activation_estimate_counts_the_largest_tensors_of_one_image(tmp_path):
+    model = load_model(save(conv_classifier(out_channels=6, seed=0), tmp_path / "m.onnx"))
+    per_image = activation_bytes_per_image(model.proto, model.image_input.name)
+    # The conv output of one 8x8 image with 6 kernels (float32) is among the largest tensors counted.
+    assert per_image is not None and per_image >= 6 * 8 * 8 * 4
+    assert run_size_for(2 * 1024**3, per_image, 1024) == 1024  # a small model keeps the default
+    assert run_size_for(10 * per_image, per_image, 1024) == 10
+    assert run_size_for(1, per_image, 1024) == 1 and run_size_for(100, None, 1024) == 1024
+
+
+def test_a_small_budget_gives_smaller_runs_and_the_same_scores(tmp_path, capsys):
+    model = save(conv_classifier(out_channels=6, seed=0), tmp_path / "m.onnx")
+    data = random_npz(tmp_path / "d.npz", n=50)
+    docs = {}
+    for memory in ("2GB", "20KB"):
+        out = tmp_path / f"{memory}.json"
+        args = ["inspect", str(model), "--data", str(data), "--no-attack", "--memory", memory, "--json", str(out)]
+        assert main([*args, "-q", "--bootstrap", "0"]) == 0, capsys.readouterr().err
+        docs[memory] = json.loads(out.read_text())
+    big, small = docs["2GB"], docs["20KB"]
+    assert [k["accuracy"] for k in big["kernels"]] == [k["accuracy"] for k in small["kernels"]]
+    assert small["execution"]["variants_per_run"] * small["execution"]["images_per_run"] <= small["timings"][
+        "scoring_run_size"
+    ] < big["execution"]["variants_per_run"] * big["execution"]["images_per_run"]
+    assert np.isclose(big["baseline_accuracy"], small["baseline_accuracy"])
+
+
+def test_a_bad_memory_size_is_a_one_line_error(tmp_path, capsys):
+    model = save(conv_classifier(out_channels=6, seed=0), tmp_path / "m.onnx")
+    data = random_npz(tmp_path / "d.npz", n=10)
+    code = main(["inspect", str(model), "--data", str(data), "--memory", "lots"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--memory must be" in err and len(err.splitlines()) == 1
