@@ -20,6 +20,7 @@ import argparse
 import gzip
 import io
 import json
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -193,7 +194,7 @@ def run_command(command: str, path: Path, entry: dict, args, workdir: Path) -> d
         "--force",
     ]
     if command == "inspect":
-        cmd += ["--bootstrap", str(args.bootstrap)]
+        cmd += ["--bootstrap", str(args.bootstrap), *shlex.split(args.inspect_extra or "")]
     elif command == "harden":
         cmd += ["--noise", str(args.noise), "-o", str(workdir / f"{entry['id']}.hardened.onnx"), "--force"]
     started = time.perf_counter()
@@ -357,6 +358,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900, help="seconds per command")
     parser.add_argument("--kernelscope", default=str(Path(sys.executable).with_name("kernelscope")))
     parser.add_argument("--probe", action="store_true", help="only print onnxruntime accuracy per preprocessing")
+    parser.add_argument("--inspect-extra", help="more inspect options, e.g. '--layers all --no-attack'")
     args = parser.parse_args()
 
     entries = json.loads(args.manifest.read_text())["models"]
