@@ -96,8 +96,8 @@ class _Stem224(torch.nn.Module):
         return self.fc(self.pool(torch.relu(self.conv(x))).mean(dim=(2, 3)))
 
 
-def test_a_224_px_model_is_audited_on_resized_and_cropped_photos(val_folder, tmp_path, capsys):
-    root, index = val_folder
+@pytest.fixture(scope="module")
+def stem224(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     net = _Stem224().eval()
     buffer = io.BytesIO()
@@ -105,8 +105,17 @@ def test_a_224_px_model_is_audited_on_resized_and_cropped_photos(val_folder, tmp
         net, (torch.zeros(1, 3, 224, 224),), buffer, dynamo=False, opset_version=17, input_names=["input"],
         output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
     )  # fmt: skip
-    model = tmp_path / "stem224.onnx"
+    model = tmp_path_factory.mktemp("stem224") / "stem224.onnx"
     onnx.save(onnx.load_from_string(buffer.getvalue()), str(model))
+    return model
+
+
+GEOMETRY = ["--resize", "256", "--crop", "224", "--preset", "imagenet"]
+
+
+def test_a_224_px_model_is_audited_on_resized_and_cropped_photos(val_folder, stem224, tmp_path, capsys):
+    root, index = val_folder
+    model = stem224
     out = tmp_path / "r.json"
     args = ["inspect", str(model), "--data", str(root), "--resize", "256", "--crop", "224", "--preset", "imagenet"]
     args += ["--classes", str(index), "--eps", "0.002", "--bootstrap", "0", "--json", str(out), "-q"]
@@ -123,6 +132,55 @@ def test_a_224_px_model_is_audited_on_resized_and_cropped_photos(val_folder, tmp
     predictions = session.run(None, {"input": x.transpose(0, 3, 1, 2)})[0].argmax(axis=1)
     labels = np.array([INDICES[p.parent.name] for p in files])
     assert doc["baseline_accuracy"] == pytest.approx(float(np.mean(predictions == labels)))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["inspect", "--method", "hybrid", "--no-attack", "--bootstrap", "0"],
+        [
+            "harden",
+            "--method",
+            "adversarial",
+            "--epochs",
+            "1",
+            "--strengths",
+            "1",
+            "--sweep",
+            "0.002",
+            "--pgd-steps",
+            "2",
+            "--pgd-restarts",
+            "1",
+            "--clean-budget",
+            "100",
+            "--force-write",
+        ],
+        ["neurons", "--steps", "2", "--k", "1"],
+    ],
+    ids=["inspect-hybrid", "harden", "neurons"],
+)
+def test_a_224_px_model_goes_through_every_command(val_folder, stem224, tmp_path, capsys, command):
+    root, index = val_folder
+    args = [command[0], str(stem224), "--data", str(root), *GEOMETRY, "--classes", str(index), *command[1:]]
+    if command[0] == "harden":  # fine-tuning at 224 px on other photos of the same classes
+        train = tmp_path / "train"
+        rng = np.random.default_rng(1)
+        for synset in SYNSETS:
+            (train / synset).mkdir(parents=True)
+            for i in range(3):
+                _photo(rng, 260 + 20 * i, 300).save(train / synset / f"{i}.JPEG", quality=92)
+        args += ["--train-data", str(train), "-o", str(tmp_path / "h.onnx")]
+    out = tmp_path / "r.json"
+    code = main([*args, "--json", str(out), "-q"])
+    # A random-weight model: harden may find nothing to gain (exit 1, nothing written); it must get that far.
+    assert code == 0 or (command[0] == "harden" and code == 1), capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["data"]["preprocessing"]["size"] == [224, 224] and doc["data"]["n"] == 15
+    if command[0] == "harden":
+        assert doc["harden"]["candidates"] and doc["harden"]["before"]["robustness"]["worst"] is not None
+        if (tmp_path / "h.onnx").exists():
+            onnx.checker.check_model(str(tmp_path / "h.onnx"), full_check=True)
 
 
 @pytest.mark.parametrize(

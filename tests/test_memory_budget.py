@@ -46,9 +46,11 @@ def test_a_small_budget_gives_smaller_runs_and_the_same_scores(tmp_path, capsys)
         docs[memory] = json.loads(out.read_text())
     big, small = docs["2GB"], docs["20KB"]
     assert [k["accuracy"] for k in big["kernels"]] == [k["accuracy"] for k in small["kernels"]]
-    assert small["execution"]["variants_per_run"] * small["execution"]["images_per_run"] <= small["timings"][
-        "scoring_run_size"
-    ] < big["execution"]["variants_per_run"] * big["execution"]["images_per_run"]
+    assert (
+        small["execution"]["variants_per_run"] * small["execution"]["images_per_run"]
+        <= small["timings"]["scoring_run_size"]
+        < big["execution"]["variants_per_run"] * big["execution"]["images_per_run"]
+    )
     assert np.isclose(big["baseline_accuracy"], small["baseline_accuracy"])
 
 
