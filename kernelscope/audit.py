@@ -12,10 +12,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kernelscope import __version__
+from kernelscope.attacks.options import ATTACKS, check_targeting_at
 from kernelscope.attacks.pgd import PgdSettings
 from kernelscope.attacks.sweep import check_epsilons
 from kernelscope.backends import BACKENDS, Backend, get_backend
@@ -35,8 +37,10 @@ from kernelscope.model.first_conv import ConvLayer, LayerSelection, find_conv, s
 from kernelscope.model.loading import LoadedModel, TensorInfo, load_model
 from kernelscope.model.memory import DEFAULT_MEMORY, activation_bytes_per_image, run_size_for
 from kernelscope.progress import NO_PROGRESS, Progress
-from kernelscope.robustness import ATTACKS, AttackReport, check_targeting_at, prepare_attack, run_attack
 from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, ScoringResult
+
+if TYPE_CHECKING:  # the attack stage (torch) loads only when an attack or a gradient-based scorer runs
+    from kernelscope.robustness import AttackReport
 
 
 @dataclass(frozen=True)
@@ -300,6 +304,8 @@ def inspect_model(
     timings["build_session"] = time.perf_counter() - clock
     prepared = None
     if config.attack or config.method != "exact":
+        from kernelscope.robustness import prepare_attack, run_attack
+
         # Before the (longer) scoring: an unsupported op or a mirror mismatch should fail fast. The fast
         # scorers use the mirror's gradients too, so they need the same parity check.
         clock = time.perf_counter()

@@ -24,6 +24,7 @@ from kernelscope.attacks.gradients import (
     precise_cross_entropy,
     softmax_input,
 )
+from kernelscope.attacks.options import ATTACKS, TARGETING_SITES, check_targeting_at
 from kernelscope.attacks.pgd import Objective, PgdSettings
 from kernelscope.attacks.sweep import SweepResult, check_epsilons, fgsm_sweep, pgd_sweep
 from kernelscope.data.preprocessing import PreparedData
@@ -41,14 +42,6 @@ INFERENCE_ONLY_OPS = ("BatchNormalization", "Dropout")
 
 #: Images used for the parity check.
 PARITY_IMAGES = 32
-
-#: The attacks ``inspect --attack`` offers.
-ATTACKS = ("fgsm", "pgd")
-
-#: Where Algorithm 1 reads the first layer (``--targeting-at``): the convolution's own output (the paper's), or
-#: the tensor after the bias / BatchNormalization / activation that directly follow it (what ``--drop channel``
-#: masks). Each maps to the drop mode whose mask site is that tensor.
-TARGETING_SITES = {"conv": "weights", "activation": "channel"}
 
 
 @dataclass(frozen=True)
@@ -85,13 +78,6 @@ class AttackReport:
     targeting_site: MaskSite | None = None  # the tensor targeting compared, and the nodes passed to reach it
     targeting_note: str | None = None  # e.g. that the activation site is the Conv output itself
     layer_sites: list[MaskSite] = field(default_factory=list)  # further layers' targeting tensors (--layers)
-
-
-def check_targeting_at(value: str) -> str:
-    """``value`` if it names a targeting site (``conv`` or ``activation``), else a usage error."""
-    if value not in TARGETING_SITES:
-        raise UsageError(f"--targeting-at must be one of {', '.join(TARGETING_SITES)}, not {value!r}")
-    return value
 
 
 def targeting_site(proto: onnx.ModelProto, layer: ConvLayer, at: str = "conv") -> MaskSite:

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from kernelscope.errors import UsageError
+
+if TYPE_CHECKING:  # torch loads only when PGD runs: validating settings must stay cheap
+    import torch
 
 NORMS = ("linf", "l2")
 
 #: x01 (B, H, W, C) with gradients enabled -> (objective to *ascend*, criterion to keep the best iterate), each (B,).
-Objective = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+Objective = Callable[["torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,8 @@ def random_start(x: torch.Tensor, epsilon: float, norm: str, generator: np.rando
 
     Drawn with numpy's generator so a seeded run is reproducible whatever torch's global state.
     """
+    import torch
+
     shape = tuple(x.shape)
     if norm == "linf":
         noise = generator.uniform(-epsilon, epsilon, size=shape)
@@ -108,6 +113,8 @@ def project(x: torch.Tensor, adversarial: torch.Tensor, epsilon: float, norm: st
     Clipping to the bounds after the ball keeps the point in the ball: with ``x`` inside the bounds, clipping
     shrinks every coordinate of the perturbation towards 0, which shrinks its L∞ and its L2 norm.
     """
+    import torch
+
     delta = adversarial - x
     if norm == "linf":
         delta = delta.clamp(-epsilon, epsilon)
@@ -141,6 +148,8 @@ def pgd(
     remaining steps run on the other examples only. Examples do not interact (the objective is a per-example
     sum), so the others follow the same path as without stopping.
     """
+    import torch
+
     x = torch.as_tensor(np.asarray(x01, dtype=np.float32))
     if epsilon <= 0:
         with torch.no_grad():

@@ -284,7 +284,7 @@ def inspect_config(
 
     targeting_at = fields.get("targeting_at")
     if targeting_at is not None:
-        from kernelscope.robustness import check_targeting_at
+        from kernelscope.attacks.options import check_targeting_at
 
         fields["targeting_at"] = check_targeting_at(str(targeting_at).lower())
     threads = fields.get("threads")

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernelscope.attacks.pgd import PgdSettings
 from kernelscope.attacks.sweep import EpsilonAccuracy, EpsilonTargeting
 from kernelscope.audit import DataSummary, InspectConfig, InspectReport, ModelSummary
 from kernelscope.fast_scoring import FastScoring
-from kernelscope.harden import HardenReport, Measurement
-from kernelscope.harden.evaluate import Robustness, RobustnessChange
-from kernelscope.harden.search import Candidate
 from kernelscope.layers import LayerAudit, most_damaging
-from kernelscope.mirror.trainable import TunableSelection
 from kernelscope.model.first_conv import ConvLayer
 from kernelscope.model.loading import TensorInfo
 from kernelscope.model.surgery.kernel_mask import MaskSite
-from kernelscope.neurons.analysis import NeuronsReport
-from kernelscope.robustness import targeting_site
 from kernelscope.scoring import ScoringResult
+
+if TYPE_CHECKING:  # harden and neurons (torch) load only when their reports are written
+    from kernelscope.harden import HardenReport, Measurement
+    from kernelscope.harden.evaluate import Robustness, RobustnessChange
+    from kernelscope.harden.search import Candidate
+    from kernelscope.mirror.trainable import TunableSelection
+    from kernelscope.neurons.analysis import NeuronsReport
 
 #: Bumped on any incompatible change of keys or meanings; additions keep the version.
 SCHEMA_VERSION = 1
@@ -495,6 +496,8 @@ def _harden_targeting_at(report: HardenReport) -> dict[str, Any] | None:
     if not entries:
         return None
     at = entries[0].site
+    from kernelscope.robustness import targeting_site
+
     return targeting_at_dict(at, targeting_site(report.inputs.model.proto, report.inputs.layer, at))
 
 

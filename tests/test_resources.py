@@ -1,5 +1,5 @@
-"""``--memory``: scoring runs are sized by a byte budget from the model's own activation sizes, with the
-same scores whatever the budget."""
+"""Resources: ``--memory`` sizes scoring runs by a byte budget from the model's own activation sizes (the
+same scores whatever the budget), and an audit without attack starts without torch or scipy.stats."""
 
 from __future__ import annotations
 
@@ -60,3 +60,20 @@ def test_a_bad_memory_size_is_a_one_line_error(tmp_path, capsys):
     code = main(["inspect", str(model), "--data", str(data), "--memory", "lots"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--memory must be" in err and len(err.splitlines()) == 1
+
+
+def test_an_audit_without_attack_loads_neither_torch_nor_scipy_stats(tmp_path):
+    """Start-up: ``inspect --no-attack`` needs onnx and onnxruntime only (torch and scipy.stats cost ~2.5 s)."""
+    import subprocess
+    import sys
+
+    model = save(conv_classifier(out_channels=4, seed=0), tmp_path / "m.onnx")
+    data = random_npz(tmp_path / "d.npz", n=20)
+    code = (
+        "import sys; from kernelscope.cli.app import main; "
+        f"rc = main(['inspect', {str(model)!r}, '--data', {str(data)!r}, '--no-attack', '--json', "
+        f"{str(tmp_path / 'r.json')!r}, '-q']); "
+        "print(rc, 'torch' in sys.modules, 'scipy.stats' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-3:] == ["0", "False", "False"]
