@@ -199,6 +199,10 @@ class KernelDropRunner:
                 preds[v, start : start + real] = _argmax(self._run(chunk, masks[v : v + 1]), 1, fixed)[0, :real]
         return preds
 
+    def decided(self, shape: tuple[int, int]) -> bool:
+        """Whether the stacking of this (variants, images) shape was already checked (either way)."""
+        return shape in self._verified or shape in self._failed
+
     def stacking_state(self, shape: tuple[int, int] | None = None) -> StackingState:
         """What the stacking checks decided (for one ``shape`` only, if given): a backend hands it on."""
         verified = {s for s in self._verified if shape is None or s == shape}

@@ -213,8 +213,12 @@ def local_ray(tmp_path_factory):
 
 
 def _without_timings(doc: dict) -> str:
-    doc = dict(doc)
+    """The report without its wall-clock figures: ``timings`` and the fast scorer's ``estimate.seconds``."""
+    doc = json.loads(json.dumps(doc))
     doc.pop("timings", None)
+    for part in [doc, *doc.get("layers", [])]:
+        if part.get("estimate"):
+            part["estimate"].pop("seconds", None)
     return json.dumps(doc, sort_keys=True)
 
 
@@ -222,6 +226,14 @@ def test_ray_backend_gives_the_local_json(network, tmp_path, all_layers, local_r
     doc = _inspect(network, tmp_path, "ray", "--layers", "all", "--eps", "0.02,0.05", "--backend", "ray")
     assert doc["timings"]["ray_remote_tasks"] == 5 * 8  # per layer: 8 image shards x 1 variant group
     assert _without_timings(doc) == _without_timings(all_layers)
+
+
+def test_ray_backend_gives_the_local_hybrid(network, tmp_path, local_ray):
+    # The hybrid scores a layer in several rounds: the workers keep each layer's session across them.
+    args = ("--layers", "all", "--method", "hybrid", "--no-attack")
+    local = _inspect(network, tmp_path, "hybrid-local", *args)
+    ray = _inspect(network, tmp_path, "hybrid-ray", *args, "--backend", "ray")
+    assert _without_timings(ray) == _without_timings(local)
 
 
 def test_a_worker_killed_mid_run_is_retried_with_the_same_result(network, tmp_path, all_layers, local_ray):

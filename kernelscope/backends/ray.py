@@ -63,12 +63,22 @@ class RayBackend:
         self._remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_score_task)
         self._probe = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, num_returns=3)(_probe_task)
         self._shards: dict[tuple[int, int], list[Any]] = {}
+        self._layers: dict[int, tuple[Any, str, Any]] = {}  # id(runner) -> (runner, key, spec ref)
         self.remote_tasks = 0  # tasks run on the workers
 
     @property
     def cpus(self) -> float:
         """CPUs the cluster offers."""
         return float(self._ray.cluster_resources().get("CPU", 0.0))
+
+    def _layer(self, runner) -> tuple[str, Any]:
+        """The worker-side key and the object-store spec of ``runner``'s layer, put once per runner (a hybrid
+        scores a layer in several calls: the workers keep its session across them)."""
+        entry = self._layers.get(id(runner))
+        if entry is None or entry[0] is not runner:
+            entry = (runner, uuid.uuid4().hex, self._ray.put(_runner_spec(runner, self.threads)))
+            self._layers = {id(runner): entry}  # only the current layer: its predecessors' specs can go
+        return entry[1], entry[2]
 
     def _shard_refs(self, data: PreparedData, batch_size: int) -> list[Any]:
         key = (id(data), batch_size)
@@ -92,14 +102,15 @@ class RayBackend:
         shards = self._shard_refs(data, batch_size)
         runs = 0
         with progress.task(f"{description} (Ray, {len(tasks)} tasks)", total=sum(t.evaluations for t in tasks)) as bar:
-            spec = self._ray.put(_runner_spec(runner, self.threads))
-            key = uuid.uuid4().hex
+            key, spec = self._layer(runner)
             # The first task of each shape is a probe: it makes the stacking check and returns its decision,
             # which Ray hands to the shape's other tasks (they wait for it); the probes run side by side.
             decisions: dict[tuple[int, int], Any] = {}
             pending: dict[Any, tuple[ScoringTask, Any]] = {}  # predictions ref -> (task, runs ref or None)
             for task in tasks:
                 shape = (len(task.group), task.stop - task.start)
+                if shape not in decisions and runner.decided(shape):  # checked in an earlier call (hybrid rounds)
+                    decisions[shape] = ray.put(runner.stacking_state(shape))
                 if shape not in decisions:
                     preds_ref, runs_ref, decisions[shape] = self._probe.remote(
                         key, [spec], shards[task.shard], masks[task.group]
