@@ -35,7 +35,7 @@ from kernelscope.layers import LayerAudit, most_damaging, score_layer
 from kernelscope.model.batching import Batching, resolve_batching
 from kernelscope.model.first_conv import ConvLayer, LayerSelection, find_conv, select_convs
 from kernelscope.model.loading import LoadedModel, TensorInfo, load_model
-from kernelscope.model.memory import DEFAULT_MEMORY, activation_bytes_per_image, run_size_for
+from kernelscope.model.memory import DEFAULT_MEMORY, budgeted_run
 from kernelscope.progress import NO_PROGRESS, Progress
 from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, ScoringResult
 
@@ -314,12 +314,10 @@ def inspect_model(
         )
         timings["mirror_check"] = time.perf_counter() - clock
     # Runs sized by the memory budget: V variants x N images of this model's activations must fit.
-    fork = runner.expansion.tensor if runner.expansion is not None else runner.site.tensor
-    per_image = activation_bytes_per_image(batching.proto, image_input, after=fork)
-    run_size = run_size_for(config.memory, per_image, config.run_size)
+    run_size, batch = budgeted_run(runner, config.memory, config.run_size, config.batch_size)
     sized = config
     if run_size < config.run_size:
-        sized = replace(config, run_size=run_size, batch_size=min(config.batch_size, run_size))
+        sized = replace(config, run_size=run_size, batch_size=batch)
         timings["scoring_run_size"] = run_size  # variant-images per run the budget allowed
     backend = get_backend(config.backend, config.ray_address, config.threads)
     try:

@@ -77,3 +77,17 @@ def test_an_audit_without_attack_loads_neither_torch_nor_scipy_stats(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[-3:] == ["0", "False", "False"]
+
+
+def test_harden_scores_within_the_budget_with_the_same_split(tmp_path, capsys):
+    model = save(conv_classifier(out_channels=6, seed=0), tmp_path / "m.onnx")
+    data = random_npz(tmp_path / "d.npz", n=40)
+    splits = []
+    for memory in ("2GB", "20KB"):
+        out, report = tmp_path / f"h{memory}.onnx", tmp_path / f"h{memory}.json"
+        args = ["harden", str(model), "--data", str(data), "--noise", "5", "--sweep", "0.05", "--pgd-steps", "2"]
+        args += ["--pgd-restarts", "1", "--memory", memory, "-o", str(out), "--json", str(report), "-q"]
+        assert main(args) in (0, 1), capsys.readouterr().err
+        doc = json.loads(report.read_text())  # the validation scoring that decides S / S'
+        splits.append(([k["accuracy"] for k in doc["kernels"]], doc["fragile"], doc["null"]))
+    assert splits[0] == splits[1]

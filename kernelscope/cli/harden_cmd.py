@@ -103,6 +103,7 @@ def harden_command(
     atol: opt.AtolOption = None,
     device: opt.DeviceOption = "auto",
     threads: opt.ThreadsOption = None,
+    memory: opt.MemoryOption = "2GB",
     scale: opt.ScaleOption = None,
     mean: opt.MeanOption = None,
     std: opt.StdOption = None,
@@ -127,6 +128,7 @@ def harden_command(
     from kernelscope.harden.finetune import FinetuneSettings
     from kernelscope.harden.pipeline import output_format
     from kernelscope.model.loading import file_format
+    from kernelscope.model.memory import parse_memory
     from kernelscope.report.json_report import harden_to_dict
 
     check_output_path(out, force=force, inputs=(model,))
@@ -140,7 +142,7 @@ def harden_command(
         std=std, layout=layout, size=size, channels=channels, device=device, threads=threads, bootstrap=0,
         resize=resize, crop=crop, preset=preset, class_index=classes,
         epsilons=sweep, epsilons_option="--sweep", eps_sweep=eps_sweep, bounds=bounds, atol=atol,
-        targeting_at=targeting_at,
+        targeting_at=targeting_at, memory=parse_memory(memory),
     )  # fmt: skip
     config = HardenConfig(
         inspect=inspect,

@@ -74,6 +74,7 @@ from kernelscope.mirror.trainable import TUNE_SCOPES, TunableSelection, find_tun
 from kernelscope.model.batching import Batching, resolve_batching
 from kernelscope.model.first_conv import find_conv
 from kernelscope.model.loading import TORCHSCRIPT_SUFFIXES
+from kernelscope.model.memory import budgeted_run
 from kernelscope.model.surgery.replace_weight import replace_conv_weight, set_metadata
 from kernelscope.progress import NO_PROGRESS, Progress
 from kernelscope.robustness import PreparedAttack, epsilon_kind, prepare_attack, run_attack
@@ -284,7 +285,11 @@ def harden_model(
         inputs.model.proto, layer, inputs.image_input, inputs.output.name, drop=base.drop,
         providers=base.providers, threads=base.threads, batching=inputs.batching,
     )  # fmt: skip
-    scoring = score_kernels(runner, val, batch_size=base.batch_size, seed=base.seed, bootstrap=0, progress=progress)
+    run_size, batch = budgeted_run(runner, base.memory, base.run_size, base.batch_size)
+    scoring = score_kernels(
+        runner, val, batch_size=batch, run_size=run_size, seed=base.seed, bootstrap=0, progress=progress
+    )
+    runner.release()  # the candidates' judgement builds its own sessions
     fragile, null = scoring.fragile, scoring.null
     timings["scoring"] = time.perf_counter() - clock
     if "svd" in methods and (not fragile or not null):

@@ -87,3 +87,15 @@ def run_size_for(budget: int, per_image: int | None, default: int) -> int:
     if per_image is None or per_image <= 0:
         return default
     return max(1, min(default, budget // per_image))
+
+
+def budgeted_run(runner, memory: int, run_size: int, batch_size: int) -> tuple[int, int]:
+    """(variant-images per run, images per batch) for scoring ``runner``'s layer within ``memory`` bytes.
+
+    Only the tensors after the point where the variants fork (``runner.expansion``, else its mask site) are
+    V·N images large; ``run_size`` and ``batch_size`` are kept when they fit.
+    """
+    fork = runner.expansion.tensor if runner.expansion is not None else runner.site.tensor
+    per_image = activation_bytes_per_image(runner.batching.proto, runner.image_input, after=fork)
+    sized = run_size_for(memory, per_image, run_size)
+    return sized, min(batch_size, sized)
