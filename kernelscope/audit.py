@@ -430,7 +430,6 @@ def _score_layers(
     if selection is None:
         return audits, skipped
     clock = time.perf_counter()
-    named = config.layers != "all" and not any(ch in config.layers for ch in "*?[")
     for layer in selection.layers[1:]:
         try:
             other = KernelDropRunner(
@@ -439,7 +438,7 @@ def _score_layers(
             )  # fmt: skip
             audits.append(score_layer(other, inputs.data, **options))
         except ModelError as exc:  # no mask site, or onnxruntime refuses the masked graph of this layer
-            if named:
+            if selection.named:
                 raise
             skipped.append((layer.name, str(exc)))
         other = None  # one session per layer, released before the next is built

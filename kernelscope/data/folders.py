@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from kernelscope.data.dataset import ImageDataset
-from kernelscope.errors import DataError
+from kernelscope.errors import DataError, some_of
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 """File suffixes (lower case) treated as images; other files in class folders are ignored."""
@@ -110,9 +110,8 @@ def load_image_folder(
         mapping = load_class_index(class_index)
         missing = [name for name in classes if name not in mapping]
         if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise DataError(f"class folder(s) {shown} of {path} are not in the class index {class_index}")
-    images = [geometry.apply(_decode(entry, None), entry.where) for entry in entries]
+            raise DataError(f"class folder(s) {some_of(missing, 5)} of {path} are not in the class index {class_index}")
+    images = [_decode(entry, geometry) for entry in entries]
     if size is None:
         _check_same_size(images, entries)
     mode = _target_mode(images, channels)
@@ -262,12 +261,12 @@ def _common_top(folders: set[str]) -> str:
 # ------------------------------------------------------------------------------------------------ decoding
 
 
-def _decode(entry: _Entry, size: tuple[int, int] | None) -> Image.Image:
-    """Fully decoded (and, with ``size``, resized) Pillow image; any failure names the file."""
+def _decode(entry: _Entry, geometry: Geometry) -> Image.Image:
+    """Fully decoded Pillow image brought to size by ``geometry``; any failure names the file."""
     try:
         image = Image.open(io.BytesIO(entry.read()))
         image.load()  # Pillow decodes lazily; force it here so damage shows up with the file's name.
-        image = Geometry(size).apply(image, entry.where)
+        image = geometry.apply(image, entry.where)
     except UnidentifiedImageError as exc:  # its message names an in-memory BytesIO object: say it plainly
         raise DataError(
             f"cannot read image {entry.where} (not an image format Pillow knows); delete or replace it"

@@ -228,12 +228,11 @@ def _conv_bias_of(proto: onnx.ModelProto) -> dict[str, str]:
 
 def _check_parity(module, hardened: onnx.ModelProto, inputs: np.ndarray, providers: list[str] | None) -> float:
     """Largest relative output difference of the updated module against onnxruntime on the hardened graph."""
-    import onnxruntime as ort
     import torch
 
-    from kernelscope.model.loading import serialize_for_runtime
+    from kernelscope.runtime import make_session
 
-    session = ort.InferenceSession(serialize_for_runtime(hardened), providers=providers or ["CPUExecutionProvider"])
+    session = make_session(hardened, providers or ["CPUExecutionProvider"])
     feed = session.get_inputs()[0].name
     expected = session.run(None, {feed: inputs.astype(np.float32)})[0].reshape(len(inputs), -1)
     with torch.no_grad():

@@ -222,6 +222,7 @@ class LayerSelection:
 
     layers: list[ConvLayer]
     skipped: list[tuple[str, str]]  # (node label, reason)
+    named: bool = False  # the layers were named one by one (each must be auditable), not 'all' or a pattern
 
 
 def select_convs(proto: onnx.ModelProto, image_input: str, spec: str) -> LayerSelection:
@@ -276,4 +277,4 @@ def select_convs(proto: onnx.ModelProto, image_input: str, spec: str) -> LayerSe
         raise ModelError(
             f"none of the {len(chosen)} convolution(s) --layers selects can be audited; the first: {skipped[0][1]}"
         )
-    return LayerSelection(layers, skipped)
+    return LayerSelection(layers, skipped, named)
