@@ -55,6 +55,7 @@ class InspectConfig:
     output: str | None = None
     input_shape: tuple[int, ...] | None = None
     drop: str = "weights"
+    mechanism: str = "auto"  # how variants are evaluated: auto (measured), mask or sessions (--mechanism)
     limit: int | None = None
     seed: int = 0
     batch_size: int = 128
@@ -297,6 +298,7 @@ def inspect_model(
         image_input,
         output.name,
         drop=config.drop,
+        mechanism=config.mechanism,
         providers=config.providers,
         threads=config.threads,
         batching=batching,
@@ -332,6 +334,9 @@ def inspect_model(
     if scoring is not None:
         timings["scoring"] = scoring.seconds
         timings["variant_images_per_second"] = scoring.variant_images_per_second
+        # What the probe measured when it chose the mechanism: wall-clock figures, so they live here.
+        for key, value in (scoring.plan.mechanism_costs or {}).items():
+            timings[f"mechanism_probe_{key}"] = value
     if fast is not None:
         timings[f"{config.method}_scoring"] = fast.seconds
     fragile, null = audits[0].fragile, audits[0].null
@@ -435,6 +440,7 @@ def _score_layers(
             other = KernelDropRunner(
                 inputs.model.proto, layer, inputs.image_input, inputs.output.name, drop=config.drop,
                 providers=config.providers, threads=config.threads, batching=inputs.batching,
+                mechanism=config.mechanism,
             )  # fmt: skip
             audits.append(score_layer(other, inputs.data, **options))
         except ModelError as exc:  # no mask site, or onnxruntime refuses the masked graph of this layer
@@ -463,6 +469,10 @@ def _layers_verdict(audits: list[LayerAudit]) -> str:
 def _check_config(config: InspectConfig) -> None:
     if config.drop not in ("weights", "channel"):
         raise UsageError(f"--drop must be 'weights' or 'channel', not {config.drop!r}")
+    if config.mechanism not in ("auto", "mask", "sessions"):
+        raise UsageError(f"--mechanism must be auto, mask or sessions, not {config.mechanism!r}")
+    if config.mechanism == "sessions" and config.drop != "weights":
+        raise UsageError("--mechanism sessions drops kernels in their weights: it needs --drop weights")
     if config.batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, not {config.batch_size}")
     if config.limit is not None and config.limit <= 0:

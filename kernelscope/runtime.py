@@ -37,9 +37,10 @@ def default_providers() -> list[str]:
 
 
 def make_session(
-    proto: onnx.ModelProto, providers: Sequence[str] | None = None, threads: int | None = None
+    proto: onnx.ModelProto | bytes, providers: Sequence[str] | None = None, threads: int | None = None
 ):  # -> onnxruntime.InferenceSession (import kept lazy: onnxruntime is slow to import)
-    """An onnxruntime session for an in-memory model, with a one-line error when the runtime refuses it."""
+    """An onnxruntime session for an in-memory model (or its serialized bytes), with a one-line error when the
+    runtime refuses it."""
     import onnxruntime as ort
 
     options = session_options()
@@ -48,7 +49,9 @@ def make_session(
         options.intra_op_num_threads = threads
     try:
         return ort.InferenceSession(
-            serialize_for_runtime(proto), sess_options=options, providers=list(providers or default_providers())
+            proto if isinstance(proto, bytes) else serialize_for_runtime(proto),
+            sess_options=options,
+            providers=list(providers or default_providers()),
         )
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None

@@ -30,6 +30,7 @@ from kernelscope.errors import ModelError
 from kernelscope.model.batching import Batching, fixed_chunks, resolve_batching
 from kernelscope.model.first_conv import ConvLayer
 from kernelscope.model.graph import GraphIndex
+from kernelscope.model.surgery.drop_weights import WeightDropper
 from kernelscope.model.surgery.kernel_mask import (
     DROP_MODES,
     MASK_INPUT,
@@ -49,6 +50,14 @@ DEFAULT_RUN_SIZE = 1024
 #: Largest difference, relative to max(1, max |output|), between a stacked run and the one-variant runs it
 #: replaces (the same arithmetic, but onnxruntime may pick other kernels for another batch size).
 STACKING_TOLERANCE = 1e-4
+#: How the variants are evaluated: ``mask`` (one session, the kernel mask, V variants per run) or ``sessions``
+#: (the model itself with the kernel's weights dropped, one session per variant), chosen by measured cost.
+MECHANISMS = ("mask", "sessions")
+#: Images of the probe batch that times the two mechanisms.
+PROBE_IMAGES = 32
+#: Scoring estimated shorter than this (seconds, from one masked run) keeps the mask without timing both:
+#: the probe would cost more than the choice could save.
+MIN_PROBED_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,9 @@ class BatchPlan:
     variants_per_run: int
     images_per_run: int
     runs: int
+    mechanism: str = "mask"  # see MECHANISMS
+    mechanism_note: str | None = None  # why
+    mechanism_costs: dict[str, float] | None = None  # the probe's timings, when it measured both
 
 
 @dataclass(frozen=True)
@@ -122,9 +134,12 @@ class KernelDropRunner:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         batching: Batching | None = None,
+        mechanism: str = "auto",
     ) -> None:
         if drop not in DROP_MODES:
             raise ValueError(f"drop must be one of {DROP_MODES}")
+        if mechanism not in ("auto", *MECHANISMS):
+            raise ValueError(f"mechanism must be auto or one of {MECHANISMS}")
         index = GraphIndex.build(proto.graph)
         if output not in index.downstream_tensors(layer.output):
             raise ModelError(f"output {output!r} does not depend on layer {layer.name!r}; choose another --output")
@@ -144,6 +159,17 @@ class KernelDropRunner:
         self._verified: set[tuple[int, int]] = set()  # (V, N) shapes whose stacked runs were checked
         self._failed: dict[tuple[int, int], str] = {}  # (V, N) shapes whose stacked runs failed the check: why
         self.session_runs = 0  # onnxruntime runs so far (the checks included)
+        self.mechanism = "mask"
+        self.mechanism_note: str | None = None  # why this mechanism, once chosen
+        self.mechanism_costs: dict[str, float] | None = None  # what the probe measured (wall-clock figures)
+        self._mechanism_chosen = False
+        self._dropper: WeightDropper | None = None
+        self._variant: tuple[bytes, object] | None = None  # (mask row, session) of the last variant run
+        self.sessions_built = 0  # variant sessions built by the ``sessions`` mechanism
+        if mechanism != "auto":
+            self.use_mechanism(
+                mechanism, f"the {'kernel mask' if mechanism == 'mask' else 'one session per variant'}, as asked"
+            )
 
     @property
     def session(self):
@@ -153,8 +179,130 @@ class KernelDropRunner:
         return self._session
 
     def release(self) -> None:
-        """Drop the onnxruntime session (and its memory); a later run builds it again."""
+        """Drop the onnxruntime sessions (and their memory); a later run builds them again."""
         self._session = None
+        self._variant = None
+
+    @property
+    def decided_mechanism(self) -> bool:
+        """Whether the mechanism was chosen (measured, or handed over by :meth:`use_mechanism`)."""
+        return self._mechanism_chosen
+
+    @property
+    def variant_major(self) -> bool:
+        """Whether runs should go variant by variant (each variant's session serves all its images)."""
+        return self.mechanism == "sessions"
+
+    def use_mechanism(self, mechanism: str, note: str | None = None) -> None:
+        """Evaluate variants with ``mechanism`` (another runner's measured choice, e.g. on a Ray worker)."""
+        if mechanism not in MECHANISMS:
+            raise ValueError(f"mechanism must be one of {MECHANISMS}")
+        if mechanism == "sessions" and self._dropper is None:
+            self._dropper = WeightDropper(self._plain_model(), self.layer)
+        self.mechanism, self.mechanism_note, self._mechanism_chosen = mechanism, note, True
+        if mechanism == "sessions":
+            self._session = None  # the masked session is not needed any more
+
+    def choose_mechanism(self, x: np.ndarray, images: int, variants: int, group: int) -> str:
+        """Time both mechanisms on (part of) the image batch ``x`` and keep the cheaper for ``variants`` x
+        ``images`` evaluations in groups of ``group`` variants per masked run; once per runner.
+
+        ``sessions`` must also reproduce the masked model's outputs on the probe (within the stacking
+        tolerance), else the mask stays. The probe costs about (2 + 2 x group) x 32 variant-images.
+        """
+        if self._mechanism_chosen:
+            return self.mechanism
+        self._mechanism_chosen = True
+        if self.drop != "weights":
+            self.mechanism_note = "the kernel mask (--drop channel masks the channel after its activation)"
+            return self.mechanism
+        probe = x[: self.fixed_batch] if not self.batchable else x[:PROBE_IMAGES]
+        if self.fixed_batch and len(probe) < self.fixed_batch:
+            self.mechanism_note = "the kernel mask (fewer images than the model's fixed batch)"
+            return self.mechanism
+        masks = drop_masks(self.channels)
+        stacked = masks[: max(1, min(group, variants))] if self.batchable else masks[:1]
+        keep = masks[1] > 0
+        started = time.perf_counter()
+        reference = self._run(probe, masks[1:2])  # the masked session first: its errors are the model's
+        estimate = (time.perf_counter() - started) / len(probe) * variants * images
+        if estimate < MIN_PROBED_SECONDS:
+            self.mechanism_note = "the kernel mask (scoring this short is not worth timing both ways)"
+            return self.mechanism
+        try:
+            self._dropper = WeightDropper(self._plain_model(), self.layer)
+            started = time.perf_counter()
+            session = make_session(self._dropper.model_bytes(keep), self.providers, self._threads)
+            build = time.perf_counter() - started
+            candidate = self._plain_run(session, probe)
+        except (ModelError, ValueError) as exc:  # ValueError: a stored tensor numpy cannot read
+            self._dropper = None
+            self.mechanism_note = f"the kernel mask (one session per variant is not possible: {exc})"
+            return self.mechanism
+        scale = max(1.0, float(np.max(np.abs(reference)))) if reference.size else 1.0
+        if candidate.shape != reference.shape or np.max(np.abs(candidate - reference), initial=0.0) > (
+            STACKING_TOLERANCE * scale
+        ):
+            self._dropper = None
+            self.mechanism_note = "the kernel mask (the model with a kernel's weights dropped gave other outputs)"
+            return self.mechanism
+        # Timing only (the stacking check comes with the real runs): best of two, alternating, so the
+        # machine's drift hits both alike, after one untimed stacked run that grows onnxruntime's arena.
+        mask_s, session_s = float("inf"), float("inf")
+        try:
+            self._run(probe, stacked)
+        except ModelError:  # this graph does not stack: the mask would run one variant at a time
+            stacked = masks[1:2]
+        for _ in range(2):
+            started = time.perf_counter()
+            self._run(probe, stacked)
+            mask_s = min(mask_s, (time.perf_counter() - started) / (len(stacked) * len(probe)))
+            started = time.perf_counter()
+            self._plain_run(session, probe)
+            session_s = min(session_s, (time.perf_counter() - started) / len(probe))
+        mask_total = variants * images * mask_s
+        sessions_total = variants * (build + images * session_s)
+        self.mechanism_costs = {
+            "mask_ms_per_variant_image": mask_s * 1e3,
+            "mask_variants_per_run": len(stacked),
+            "sessions_ms_per_variant_image": session_s * 1e3,
+            "session_build_seconds": build,
+            "probe_images": len(probe),
+        }
+        if sessions_total < mask_total:
+            self.use_mechanism("sessions", "one session per variant with its weights dropped (measured cheaper)")
+            self._variant = (keep.tobytes(), session)
+            self.sessions_built += 1
+        else:
+            self.mechanism_note = f"the kernel mask at {self.site.tensor!r} (measured cheaper)"
+            self._dropper = None  # its copy of the serialized model is not needed
+        return self.mechanism
+
+    def _plain_model(self) -> onnx.ModelProto:
+        """The batch-ready model with only the scored output (what each variant session runs)."""
+        proto = self.batching.proto
+        if [o.name for o in proto.graph.output] == [self.output]:
+            return proto
+        model = onnx.ModelProto()
+        model.CopyFrom(proto)
+        wanted = [o for o in model.graph.output if o.name == self.output]
+        del model.graph.output[:]
+        model.graph.output.extend(wanted)
+        return model
+
+    def _plain_run(self, session, x: np.ndarray) -> np.ndarray:
+        self.session_runs += 1
+        return run_checked(session, {self.image_input: x}, self.output)
+
+    def _variant_session(self, row: np.ndarray):
+        """The session of the model with the kernels where ``row`` is 0 dropped (the last one is kept)."""
+        key = (row > 0).tobytes()
+        if self._variant is None or self._variant[0] != key:
+            self._variant = None  # free the previous variant's session before building the next
+            assert self._dropper is not None
+            self._variant = (key, make_session(self._dropper.model_bytes(row > 0), self.providers, self._threads))
+            self.sessions_built += 1
+        return self._variant[1]
 
     @property
     def stacking(self) -> bool:
@@ -185,6 +333,8 @@ class KernelDropRunner:
         """Predicted classes, shape (V, N), of ``x`` under each of the V rows of ``masks`` (1 keep, 0 drop)."""
         masks = np.asarray(masks, dtype=np.float32)
         variants, images = masks.shape[0], x.shape[0]
+        if self.mechanism == "sessions" and np.isin(masks, (0.0, 1.0)).all():
+            return self._predict_sessions(x, masks)
         if self.batchable:
             if variants == 1 or (variants, images) in self._verified:
                 return _argmax(self._run(x, masks), variants, images)
@@ -197,6 +347,18 @@ class KernelDropRunner:
         for v in range(variants):
             for start, chunk, real in fixed_chunks(x, fixed):
                 preds[v, start : start + real] = _argmax(self._run(chunk, masks[v : v + 1]), 1, fixed)[0, :real]
+        return preds
+
+    def _predict_sessions(self, x: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        preds = np.empty((masks.shape[0], x.shape[0]), dtype=np.int64)
+        for v, row in enumerate(masks):
+            session = self._variant_session(row)
+            if self.batchable:
+                preds[v] = _argmax(self._plain_run(session, x), 1, x.shape[0])[0]
+                continue
+            fixed = self.fixed_batch or 1
+            for start, chunk, real in fixed_chunks(x, fixed):
+                preds[v, start : start + real] = _argmax(self._plain_run(session, chunk), 1, fixed)[0, :real]
         return preds
 
     def decided(self, shape: tuple[int, int]) -> bool:
@@ -299,14 +461,22 @@ def predict_variants(
     variants, n = masks.shape[0], len(data)
     images_per_run = batch_size if runner.batchable else (runner.fixed_batch or 1)
     groups = plan_groups(variants, images_per_run, run_size) if runner.batchable else [np.arange(variants)]
-    tasks = plan_tasks(groups, n, batch_size)
+    if n and not runner.decided_mechanism:
+        runner.choose_mechanism(next(data.batches(batch_size))[0], n, variants, len(groups[0]))
+    if runner.variant_major:
+        groups = [np.array([v]) for v in range(variants)]  # each variant's session serves all its images
+    tasks = plan_tasks(groups, n, batch_size, variant_major=runner.variant_major)
     preds, runs = (backend or LocalBackend()).predict(runner, data, masks, tasks, batch_size, progress, description)
+    stacked = runner.batchable and runner.stacking and not runner.variant_major
     plan = BatchPlan(
         fixed_batch=runner.fixed_batch,
         batch_made_dynamic=runner.batch_made_dynamic,
-        variants_per_run=max(len(g) for g in groups) if runner.batchable and runner.stacking else 1,
+        variants_per_run=max(len(g) for g in groups) if stacked else 1,
         images_per_run=images_per_run,
         runs=runs,
+        mechanism=runner.mechanism,
+        mechanism_note=runner.mechanism_note,
+        mechanism_costs=runner.mechanism_costs,
     )
     return preds, plan
 

@@ -79,6 +79,8 @@ def _inspect(network, tmp_path, name, *extra):
     # Batches of 32: several image shards per layer, so a Ray run has tasks beyond the first of each shape.
     args = ["inspect", str(path), "--data", str(data), "--json", str(out), "--bootstrap", "50", "-q", "--batch-size"]
     args += ["32", *extra]
+    if "--mechanism" not in extra:  # the measured choice could differ between runs: fix it where runs are compared
+        args += ["--mechanism", "mask"]
     code = main(args)
     assert code == 0
     return json.loads(out.read_text())
@@ -220,6 +222,14 @@ def _without_timings(doc: dict) -> str:
         if part.get("estimate"):
             part["estimate"].pop("seconds", None)
     return json.dumps(doc, sort_keys=True)
+
+
+def test_ray_backend_with_one_session_per_variant_gives_the_local_json(network, tmp_path, local_ray):
+    extra = ("--layers", "all", "--eps", "0.02", "--mechanism", "sessions")
+    local = _inspect(network, tmp_path, "local-sessions", *extra)
+    doc = _inspect(network, tmp_path, "ray-sessions", *extra, "--backend", "ray")
+    assert doc["execution"]["mechanism"] == "sessions" and doc["execution"]["variants_per_run"] == 1
+    assert _without_timings(doc) == _without_timings(local)
 
 
 def test_ray_backend_gives_the_local_json(network, tmp_path, all_layers, local_ray):

@@ -77,7 +77,7 @@ def test_fixed_batch_that_cannot_be_made_dynamic_falls_back_to_single_images():
     graph.node.insert(len(graph.node) - 1, onnx.helper.make_node("Slice", ["flat", "s0", "s1", "ax"], ["flat_first"]))
     dataset = _data(n=20)
     pre = resolve_preprocessing(input_shape=(1, 3, 8, 8), input_dtype="float32", metadata=None, dataset=dataset)
-    runner = KernelDropRunner(model, find_conv(model, "image"), "image", "logits")
+    runner = KernelDropRunner(model, find_conv(model, "image"), "image", "logits", mechanism="mask")
     assert runner.fixed_batch == 1 and not runner.batchable and not runner.batch_made_dynamic
     result = score_kernels(runner, PreparedData(dataset, pre), batch_size=8, bootstrap=0)
     x = pre.to_model_input(dataset.images)
@@ -162,7 +162,7 @@ def test_stacked_variants_are_verified_at_the_batch_they_run(mix, fork, monkeypa
     # The graph itself is fine at any batch, and the stacked masked graph without a fork is not: the premise.
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert session.run(None, {"image": x})[0].shape == (30, 4)
-    runner = KernelDropRunner(model, find_conv(model, "image"), "image", "logits")
+    runner = KernelDropRunner(model, find_conv(model, "image"), "image", "logits", mechanism="mask")
     assert runner.batchable and runner.stacking
     result = score_kernels(runner, PreparedData(dataset, pre), batch_size=16, run_size=64, bootstrap=0)
     assert result.baseline_accuracy == pytest.approx(_direct_accuracy(model, None, x, dataset.labels))
@@ -184,7 +184,7 @@ def test_stacking_that_reproduces_the_separate_runs_is_kept():
     model = conv_classifier(out_channels=5, seed=9)
     dataset = _data(n=30, seed=3)
     pre = resolve_preprocessing(input_shape=("N", 3, 8, 8), input_dtype="float32", metadata=None, dataset=dataset)
-    runner = KernelDropRunner(model, find_conv(model, "image"), "image", "logits")
+    runner = KernelDropRunner(model, find_conv(model, "image"), "image", "logits", mechanism="mask")
     result = score_kernels(runner, PreparedData(dataset, pre), batch_size=16, run_size=64, bootstrap=0)
     assert runner.stacking and runner.stacking_note is None
     # groups of 3 variants (64 // 16 = 4 per run, balanced: 3 + 3); each (V, N) shape is checked once by V + 1 runs
@@ -205,7 +205,23 @@ def test_inspect_reports_the_stacking_fallback(tmp_path, capsys, monkeypatch):
 
     path = save(_batch_from_input_head(False), tmp_path / "m.onnx")
     data = random_npz(tmp_path / "d.npz", n=20)
-    code = main([str(a) for a in ["inspect", path, "-d", data, "--no-attack", "--json", tmp_path / "r.json", "-q"]])
+    code = main(
+        [
+            str(a)
+            for a in [
+                "inspect",
+                path,
+                "-d",
+                data,
+                "--no-attack",
+                "--mechanism",
+                "mask",
+                "--json",
+                tmp_path / "r.json",
+                "-q",
+            ]
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     doc = json.loads((tmp_path / "r.json").read_text())
     assert any("variants were run one at a time" in w for w in doc["warnings"])

@@ -40,13 +40,15 @@ class ScoringTask:
         return len(self.group) * (self.stop - self.start)
 
 
-def plan_tasks(groups: Sequence[np.ndarray], n: int, batch_size: int) -> list[ScoringTask]:
-    """Every (image shard, variant group) pair, shard by shard: the order the local backend runs them in."""
-    tasks = []
-    for shard, start in enumerate(range(0, n, batch_size)):
-        stop = min(start + batch_size, n)
-        tasks.extend(ScoringTask(group, start, stop, shard) for group in groups)
-    return tasks
+def plan_tasks(
+    groups: Sequence[np.ndarray], n: int, batch_size: int, *, variant_major: bool = False
+) -> list[ScoringTask]:
+    """Every (image shard, variant group) pair, shard by shard (or, ``variant_major``, group by group: each
+    variant's own session then serves all its shards before the next is built)."""
+    shards = [(shard, start, min(start + batch_size, n)) for shard, start in enumerate(range(0, n, batch_size))]
+    if variant_major:
+        return [ScoringTask(group, start, stop, shard) for group in groups for shard, start, stop in shards]
+    return [ScoringTask(group, start, stop, shard) for shard, start, stop in shards for group in groups]
 
 
 class Backend(Protocol):

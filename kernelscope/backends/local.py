@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -10,9 +10,17 @@ from kernelscope.backends import ScoringTask
 from kernelscope.data.preprocessing import PreparedData
 from kernelscope.progress import Progress
 
+#: Preprocessed images kept at once when variants run one after the other (the ``sessions`` mechanism): a
+#: block of shards that size is preprocessed once and every variant's session runs over it.
+BLOCK_BYTES = 256 << 20
+
 
 class LocalBackend:
-    """Runs tasks shard by shard: each image batch is preprocessed once and shared by its variant groups."""
+    """Runs tasks shard by shard: each image batch is preprocessed once and shared by its variant groups.
+
+    For a runner that goes variant by variant, the shards come in blocks of about :data:`BLOCK_BYTES`: each
+    block is preprocessed once and each variant's session (built once per block) runs over all of it.
+    """
 
     name = "local"
 
@@ -33,6 +41,12 @@ class LocalBackend:
         for task in tasks:
             by_shard.setdefault(task.shard, []).append(task)
         with progress.task(description, total=sum(t.evaluations for t in tasks)) as bar:
+            if getattr(runner, "variant_major", False):
+                for block in _blocks(data.batches(batch_size)):
+                    for task in (t for t in tasks if t.shard in block):
+                        preds[task.group, task.start : task.stop] = runner.predict(block[task.shard], masks[task.group])
+                        bar.advance(task.evaluations)
+                return preds, runner.session_runs - runs_before
             for shard, (x, _) in enumerate(data.batches(batch_size)):
                 for task in by_shard.get(shard, ()):
                     preds[task.group, task.start : task.stop] = runner.predict(x, masks[task.group])
@@ -41,3 +55,17 @@ class LocalBackend:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _blocks(batches) -> Iterator[dict[int, np.ndarray]]:
+    """Consecutive preprocessed shards, {shard index: model input}, about :data:`BLOCK_BYTES` per block."""
+    block: dict[int, np.ndarray] = {}
+    size = 0
+    for shard, (x, _) in enumerate(batches):
+        block[shard] = x
+        size += x.nbytes
+        if size >= BLOCK_BYTES:
+            yield block
+            block, size = {}, 0
+    if block:
+        yield block

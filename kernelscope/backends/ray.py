@@ -109,6 +109,10 @@ class RayBackend:
             pending: dict[Any, tuple[ScoringTask, Any]] = {}  # predictions ref -> (task, runs ref or None)
             for task in tasks:
                 shape = (len(task.group), task.stop - task.start)
+                if runner.variant_major:  # variants run one at a time on their own sessions: nothing to check
+                    ref = self._remote.remote(key, [spec], shards[task.shard], masks[task.group], None)
+                    pending[ref] = (task, None)
+                    continue
                 if shape not in decisions and runner.decided(shape):  # checked in an earlier call (hybrid rounds)
                     decisions[shape] = ray.put(runner.stacking_state(shape))
                 if shape not in decisions:
@@ -166,6 +170,7 @@ def _runner_spec(runner, threads: int) -> dict[str, Any]:
         "image_input": runner.image_input,
         "output": runner.output,
         "drop": runner.drop,
+        "mechanism": runner.mechanism,  # chosen on the driver: every worker runs the variants the same way
         "providers": runner.providers,
         "threads": threads,
     }
@@ -185,7 +190,7 @@ def _worker_runner(key: str, spec_ref: list):
         batching = Batching(onnx.load_from_string(spec["model"]), spec["fixed_batch"], spec["made_dynamic"])
         runner = KernelDropRunner(
             batching.proto, spec["layer"], spec["image_input"], spec["output"], drop=spec["drop"],
-            providers=spec["providers"], threads=spec["threads"], batching=batching,
+            providers=spec["providers"], threads=spec["threads"], batching=batching, mechanism=spec["mechanism"],
         )  # fmt: skip
         _RUNNERS[key] = runner
         while len(_RUNNERS) > SESSIONS_PER_WORKER:
@@ -219,7 +224,8 @@ def _score_task(key: str, spec_ref: list, x: np.ndarray, masks: np.ndarray, stat
     stacking decision (``state``, from its probe) adopted, so no check is repeated."""
     _inject_fault()
     runner = _worker_runner(key, spec_ref)
-    runner.adopt_stacking(state)
+    if state is not None:
+        runner.adopt_stacking(state)
     before = runner.session_runs
     preds = runner.predict(x, masks)
     return preds, runner.session_runs - before

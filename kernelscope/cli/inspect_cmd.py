@@ -85,6 +85,7 @@ def inspect_command(
     ] = None,
     fail_under: opt.FailUnderOption = None,
     device: opt.DeviceOption = "auto",
+    mechanism: opt.MechanismOption = "auto",
     threads: opt.ThreadsOption = None,
     memory: opt.MemoryOption = "2GB",
     top: Annotated[int | None, typer.Option(help="Show only the N lowest-accuracy kernels in the table.")] = None,
@@ -123,7 +124,8 @@ def inspect_command(
     check_report_outputs(json_path, html_path, plots_dir, force=force, inputs=(model,))
     config = opt.inspect_config(
         data=data, data_dir=data_dir, split=split, download=download, layer=layer, output=output,
-        input_shape=input_shape, drop=drop, limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean,
+        input_shape=input_shape, drop=drop, mechanism=mechanism.lower(), limit=limit, seed=seed,
+        batch_size=batch_size, scale=scale, mean=mean,
         std=std, layout=layout, size=size, channels=channels, device=device, threads=threads, bootstrap=bootstrap,
         resize=resize, crop=crop, preset=preset, class_index=classes,
         attack=not no_attack, attack_method=attack.lower(), epsilons=eps, epsilons_option="--eps",

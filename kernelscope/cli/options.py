@@ -166,6 +166,14 @@ AtolOption = Annotated[
         help="Mirror/onnxruntime parity tolerance, relative to max(1, max |logit|) (default 1e-4; 1e-2 float16)."
     ),
 ]
+MechanismOption = Annotated[
+    str,
+    typer.Option(
+        help="How kernel variants are evaluated: auto (time both on a probe batch, keep the cheaper), mask (one "
+        "session, a kernel-mask input, several variants per run) or sessions (one session per variant, the "
+        "model with the kernel's weights dropped)."
+    ),
+]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA if onnxruntime-gpu sees a GPU), cpu or cuda.")]
 MemoryOption = Annotated[
     str,

@@ -251,7 +251,8 @@ def render_inspect(console: Console, report: InspectReport, top: int | None = No
         console.print(
             f"scored {len(scoring.kernels) + 1} variants x {scoring.n_images} images in "
             f"{timing.get('scoring', 0):.2f} s ({timing.get('variant_images_per_second', 0):,.0f} variant-images/s, "
-            f"{scoring.plan.variants_per_run} variant(s) x {scoring.plan.images_per_run} images per run)",
+            f"{scoring.plan.variants_per_run} variant(s) x {scoring.plan.images_per_run} images per run; "
+            f"{scoring.plan.mechanism_note or scoring.plan.mechanism})",
             style="dim",
             markup=False,
         )

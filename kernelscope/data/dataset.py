@@ -11,7 +11,9 @@ import numpy as np
 class ImageDataset:
     """Labelled images as raw pixels, before any model-specific preprocessing.
 
-    ``images`` has shape (N, H, W, C) with C in {1, 3}; dtype uint8 (0..255) or float32 on the same
+    ``images`` has shape (N, H, W, C) with C in {1, 3} (an array, or for large image folders a
+    :class:`~kernelscope.data.streamed.StreamedImages` that decodes the images a slice asks for); dtype
+    uint8 (0..255) or float32 on the same
     0..255 scale (float sources in [0, 1] are rescaled on load so that one ``scale`` option means the same
     thing for every source). ``labels`` is int64 of shape (N,). ``num_classes`` is the number of classes
     the source defines (10 for CIFAR-10, the number of sub-folders of an image folder), or ``None`` when
@@ -39,10 +41,12 @@ class ImageDataset:
         return int(self.images.shape[3])
 
     def subset(self, indices: np.ndarray) -> ImageDataset:
-        """The examples at ``indices``, in that order (a copy, so the parent can be freed)."""
+        """The examples at ``indices``, in that order (a copy, so the parent can be freed; streamed images
+        stay undecoded)."""
+        take = getattr(self.images, "take_images", None)
         return ImageDataset(
             name=self.name,
-            images=np.ascontiguousarray(self.images[indices]),
+            images=take(indices) if take is not None else np.ascontiguousarray(self.images[indices]),
             labels=np.ascontiguousarray(self.labels[indices]),
             source=self.source,
             num_classes=self.num_classes,

@@ -283,7 +283,7 @@ def harden_model(
     clock = time.perf_counter()
     runner = KernelDropRunner(
         inputs.model.proto, layer, inputs.image_input, inputs.output.name, drop=base.drop,
-        providers=base.providers, threads=base.threads, batching=inputs.batching,
+        providers=base.providers, threads=base.threads, batching=inputs.batching, mechanism=base.mechanism,
     )  # fmt: skip
     run_size, batch = budgeted_run(runner, base.memory, base.run_size, base.batch_size)
     scoring = score_kernels(

@@ -125,6 +125,8 @@ def inspect_to_dict(report: InspectReport, *, include_timings: bool = True) -> d
             "variants_per_run": scoring.plan.variants_per_run,
             "images_per_run": scoring.plan.images_per_run,
             "runs": scoring.plan.runs,
+            "mechanism": scoring.plan.mechanism,
+            "mechanism_note": scoring.plan.mechanism_note,
         },
         "warnings": report.warnings,
         "verdict": report.verdict,

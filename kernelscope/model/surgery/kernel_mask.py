@@ -248,17 +248,23 @@ def batch_expansion_point(proto: onnx.ModelProto, site: str, image_input: str) -
     return None
 
 
-def _ranks(proto: onnx.ModelProto) -> dict[str, int]:
-    """Rank of every tensor shape inference can tell."""
+def _shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Shape of every tensor shape inference can tell (None for a dimension it cannot fix)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except Exception:  # best effort, as in infer_elem_types
         inferred = proto
-    ranks = {}
+    shapes = {}
     for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
-            ranks[value.name] = len(value.type.tensor_type.shape.dim)
-    return ranks
+            dims = value.type.tensor_type.shape.dim
+            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+    return shapes
+
+
+def _ranks(proto: onnx.ModelProto) -> dict[str, int]:
+    """Rank of every tensor shape inference can tell."""
+    return {name: len(shape) for name, shape in _shapes(proto).items()}
 
 
 def insert_kernel_mask(
@@ -333,16 +339,24 @@ def _insert_kernel_mask(
         np_type = onnx.helper.tensor_dtype_to_np_dtype(site.elem_type)
         factor = mask if site.elem_type == TensorProto.FLOAT else make("Cast", [mask], {"to": site.elem_type}, np_type)
         masked = make("Mul", [target_view, factor], dtype=np_type)
-    shape = make("Shape", [target], dtype=np.int64)
-    tail = make(
-        "Gather",
-        [shape, gs.Constant("kernelscope_chw_axes", np.array([1, 2, 3], dtype=np.int64))],
-        {"axis": 0},
-        np.int64,
-    )
-    new_shape = make(
-        "Concat", [gs.Constant("kernelscope_minus_one", np.array([-1], dtype=np.int64)), tail], {"axis": 0}, np.int64
-    )
+    chw = _shapes(proto).get(site.tensor, ())[1:]
+    if len(chw) == 3 and all(d for d in chw):
+        # A constant target keeps the site's C, H, W known to onnxruntime after the fork: it can then keep
+        # its blocked layout and its fusions (Conv + Add + ReLU) on the V·N batch (measured: 1.32x -> 1.15x
+        # the floor on the reference ResNet-8).
+        new_shape = gs.Constant("kernelscope_vn_chw", np.array([-1, *chw], dtype=np.int64))
+    else:
+        shape = make("Shape", [target], dtype=np.int64)
+        tail = make(
+            "Gather",
+            [shape, gs.Constant("kernelscope_chw_axes", np.array([1, 2, 3], dtype=np.int64))],
+            {"axis": 0},
+            np.int64,
+        )
+        new_shape = make(
+            "Concat", [gs.Constant("kernelscope_minus_one", np.array([-1], dtype=np.int64)), tail], {"axis": 0},
+            np.int64,
+        )  # fmt: skip
     batched = make("Reshape", [masked, new_shape], dtype=masked.dtype)
     graph.nodes.extend(nodes)
     for consumer in consumers:
