@@ -1,18 +1,19 @@
 """Exact first-layer scoring against its floor and the naive loop, per scoring mechanism, model by model.
 
     python bench/scoring_mechanisms.py                        # example CNN + the three ResNet-8, 1,000 images
-    python bench/scoring_mechanisms.py --models resnet8_e10 --limit 500 --repeats 3
-    python bench/scoring_mechanisms.py --models resnet18_224,mobilenetv2_224,resnet50_224 --limit 32
+    python bench/scoring_mechanisms.py --models resnet8_e10 --limit 500
+    python bench/scoring_mechanisms.py --models resnet18_224,mobilenetv2_224,resnet50_224 --limit 64
 
-For each model, one onnxruntime thread everywhere, the same preprocessed images, runs alternating (so the
-machine's drift hits every contender alike), best of ``--repeats``:
+For each model, one onnxruntime thread everywhere, the same preprocessed images, the contenders interleaved
+variant group by variant group (the order rotating), so the machine's drift hits them alike:
 
 - **floor**: (C_out + 1) x N forward passes of the unmodified model in one session (batches of 128);
 - **naive**: the paper's loop: per kernel, rewrite the model with the kernel's weights zeroed, build a new
   session, run the N images (plus the unmodified model once);
 - **mask**: kernelscope with the kernel mask forced (one session, V variants per run);
 - **sessions**: kernelscope with one session per variant forced (the model with the kernel's weights dropped);
-- **auto**: kernelscope as it runs by default (it times both on a probe batch and keeps the cheaper).
+- **auto**: kernelscope as it runs by default: it times both on a probe batch and keeps the cheaper; its
+  cost is the chosen mechanism's plus the probe's.
 
 The 224-px models (``*_224``) are built here with torch (torchvision's ResNet-18/-50 and MobileNetV2 shapes,
 random weights, BatchNormalization folded by the inference-mode export), on random 224 x 224 images: timing
@@ -32,6 +33,7 @@ import numpy as np
 from onnx import numpy_helper
 
 from kernelscope.model.surgery.replace_weight import replace_conv_weight
+from kernelscope.scoring import drop_masks
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data" / "cifar10-sample"
@@ -77,24 +79,10 @@ def _inputs(path: Path, limit: int, folder: Path):
     return load_audit_inputs(path, config)
 
 
-def _floor(inputs) -> tuple[float, np.ndarray]:
-    from kernelscope.runtime import make_session
-
-    session = make_session(inputs.batching.proto, ["CPUExecutionProvider"], 1)
-    batches = [x for x, _ in inputs.data.batches(BATCH)]
-    name, output = inputs.image_input, inputs.output.name
-    session.run([output], {name: batches[0][:8]})
-    started = time.perf_counter()
-    for _ in range(inputs.layer.out_channels + 1):
-        preds = np.concatenate([session.run([output], {name: x})[0].argmax(axis=1) for x in batches])
-    return time.perf_counter() - started, preds
-
-
 def _dropped(proto, layer, k: int):
     """The paper's variant, written independently of kernelscope's scorers: W[k] = 0 and b[k] = 0."""
-    model = replace_conv_weight(
-        proto, layer, np.where(np.arange(layer.out_channels)[:, None, None, None] == k, 0, layer.weight)
-    )
+    keep = np.arange(layer.out_channels)[:, None, None, None] != k
+    model = replace_conv_weight(proto, layer, np.where(keep, layer.weight, 0))
     node = model.graph.node[layer.node_index]
     if len(node.input) > 2 and node.input[2]:
         bias = next(t for t in model.graph.initializer if t.name == node.input[2])
@@ -104,39 +92,65 @@ def _dropped(proto, layer, k: int):
     return model
 
 
-def _naive(inputs) -> tuple[float, np.ndarray]:
+def _contenders(inputs):
+    """The four ways to score, each a function (variant group, preprocessed batches) -> predictions (|g|, N)."""
     from kernelscope.runtime import make_session
+    from kernelscope.scoring import KernelDropRunner
 
     layer, name, output = inputs.layer, inputs.image_input, inputs.output.name
-    batches = [x for x, _ in inputs.data.batches(BATCH)]
-    started = time.perf_counter()
-    rows = []
-    for k in range(-1, layer.out_channels):
-        proto = inputs.batching.proto if k < 0 else _dropped(inputs.batching.proto, layer, k)
-        session = make_session(proto, ["CPUExecutionProvider"], 1)
-        rows.append(np.concatenate([session.run([output], {name: x})[0].argmax(axis=1) for x in batches]))
-    return time.perf_counter() - started, np.stack(rows)
+    plain = make_session(inputs.batching.proto, ["CPUExecutionProvider"], 1)
+
+    def runner(mechanism):
+        return KernelDropRunner(
+            inputs.model.proto, layer, name, output, threads=1, providers=["CPUExecutionProvider"],
+            batching=inputs.batching, mechanism=mechanism,
+        )  # fmt: skip
+
+    mask, sessions = runner("mask"), runner("sessions")
+    masks = drop_masks(layer.out_channels)
+
+    def floor(group, batches):  # the unmodified model, once per variant: the work scoring cannot avoid
+        return np.stack([np.concatenate([plain.run([output], {name: x})[0].argmax(1) for x in batches]) for _ in group])
+
+    def naive(group, batches):
+        rows = []
+        for v in group:
+            proto = inputs.batching.proto if v == 0 else _dropped(inputs.batching.proto, layer, v - 1)
+            session = make_session(proto, ["CPUExecutionProvider"], 1)
+            rows.append(np.concatenate([session.run([output], {name: x})[0].argmax(1) for x in batches]))
+        return np.stack(rows)
+
+    def masked(group, batches):
+        return np.concatenate([mask.predict(x, masks[group]) for x in batches], axis=1)
+
+    def per_variant(group, batches):
+        return np.stack([np.concatenate([sessions.predict(x, masks[[v]])[0] for x in batches]) for v in group])
+
+    return {"floor": floor, "naive": naive, "mask": masked, "sessions": per_variant}
 
 
-def _kernelscope(inputs, mechanism: str | None) -> tuple[float, np.ndarray, str]:
-    from kernelscope.scoring import KernelDropRunner, drop_masks, predict_variants
+def _auto_choice(inputs, batches) -> tuple[str, float]:
+    """What ``--mechanism auto`` picks for this job, and what its probe costs (seconds)."""
+    from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, plan_groups
 
     runner = KernelDropRunner(
         inputs.model.proto, inputs.layer, inputs.image_input, inputs.output.name, threads=1,
         providers=["CPUExecutionProvider"], batching=inputs.batching,
     )  # fmt: skip
-    started = time.perf_counter()
-    if mechanism is not None:
-        runner.use_mechanism(mechanism)
-    preds, plan = predict_variants(runner, inputs.data, drop_masks(inputs.layer.out_channels), batch_size=BATCH)
-    return time.perf_counter() - started, preds, plan.mechanism_note or plan.mechanism
+    variants, n = inputs.layer.out_channels + 1, len(inputs.data)
+    group = len(plan_groups(variants, BATCH, DEFAULT_RUN_SIZE)[0])
+    assert runner.session is not None  # built by every mechanism's first run anyway: not the probe's cost
+    built = time.perf_counter()
+    chosen = runner.choose_mechanism(batches[0], n, variants, group)
+    return chosen, time.perf_counter() - built
 
 
 def main() -> int:
+    from kernelscope.scoring import DEFAULT_RUN_SIZE, plan_groups
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(SMALL))
     parser.add_argument("--limit", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     results = {}
@@ -145,36 +159,42 @@ def main() -> int:
         for name in args.models.split(","):
             path = _model_path(name, folder)
             inputs = _inputs(path, args.limit, folder)
-            times: dict[str, list[float]] = {}
-            notes: dict[str, str] = {}
-            naive_preds = None
-            for _ in range(args.repeats):
-                seconds, floor_preds = _floor(inputs)
-                times.setdefault("floor", []).append(seconds)
-                seconds, naive_preds = _naive(inputs)
-                times.setdefault("naive", []).append(seconds)
-                if not np.array_equal(naive_preds[0], floor_preds):
-                    raise SystemExit(f"{name}: the naive loop's baseline differs from the floor's predictions")
-                for label, mechanism in (("mask", "mask"), ("sessions", "sessions"), ("auto", None)):
-                    seconds, preds, notes[label] = _kernelscope(inputs, mechanism)
-                    times.setdefault(label, []).append(seconds)
-                    if not np.array_equal(preds, naive_preds):
-                        changed = int(np.count_nonzero(preds != naive_preds))
-                        print(f"  {name} {label}: {changed} predictions differ from the naive loop's")
-            best = {k: min(v) for k, v in times.items()}
+            batches = [x for x, _ in inputs.data.batches(BATCH)]
+            contenders = _contenders(inputs)
+            for run in contenders.values():  # warm-up: first sessions, arenas, the mask's stacking checks
+                run(np.array([0, 1]), batches[:1])
+            variants = inputs.layer.out_channels + 1
+            seconds = dict.fromkeys(contenders, 0.0)
+            preds = {k: [] for k in contenders}
+            order = list(contenders)
+            for g, group in enumerate(plan_groups(variants, BATCH, DEFAULT_RUN_SIZE)):
+                # Interleaved group by group, the order rotating: this machine's speed drifts by +-10 % over
+                # seconds, which would swamp a difference of a few per cent between whole runs.
+                for label in order[g % 4 :] + order[: g % 4]:
+                    started = time.perf_counter()
+                    preds[label].append(contenders[label](group, batches))
+                    seconds[label] += time.perf_counter() - started
+            stacked = {k: np.concatenate(v) for k, v in preds.items()}
+            for label in ("mask", "sessions", "floor"):
+                different = int(np.count_nonzero(stacked[label] != stacked["naive"])) if label != "floor" else 0
+                if different:
+                    print(f"  {name} {label}: {different} predictions differ from the naive loop's")
+            chosen, probe = _auto_choice(inputs, batches)
+            seconds["auto"] = seconds[chosen] + probe
             row = {
                 "kernels": inputs.layer.out_channels,
                 "images": len(inputs.data),
-                "seconds": best,
-                "vs_floor": {k: v / best["floor"] for k, v in best.items()},
-                "naive_vs_auto": best["naive"] / best["auto"],
-                "auto_chose": notes["auto"],
+                "seconds": seconds,
+                "vs_floor": {k: v / seconds["floor"] for k, v in seconds.items()},
+                "naive_vs_auto": seconds["naive"] / seconds["auto"],
+                "auto_chose": chosen,
+                "probe_seconds": probe,
             }
             results[name] = row
             print(
                 f"{name}: {row['kernels']} kernels x {row['images']} images; "
-                + ", ".join(f"{k} {v:.2f} s ({row['vs_floor'][k]:.3f}x floor)" for k, v in best.items())
-                + f"; naive / auto {row['naive_vs_auto']:.2f}; auto: {notes['auto']}",
+                + ", ".join(f"{k} {v:.2f} s ({row['vs_floor'][k]:.3f}x)" for k, v in seconds.items())
+                + f"; naive / auto {row['naive_vs_auto']:.2f}; auto chose {chosen} (probe {probe:.2f} s)",
                 flush=True,
             )
     if args.json:

@@ -29,6 +29,7 @@ from kernelscope.data.preprocessing import (
     resolve_preprocessing,
     select_examples,
 )
+from kernelscope.devices import torch_device
 from kernelscope.errors import DataError, ModelError, UsageError
 from kernelscope.fast_scoring import METHODS, FastScoring
 from kernelscope.layers import LayerAudit, most_damaging, score_layer
@@ -55,6 +56,7 @@ class InspectConfig:
     output: str | None = None
     input_shape: tuple[int, ...] | None = None
     drop: str = "weights"
+    device: str = "auto"  # --device: the torch side's device (onnxruntime's is in ``providers``)
     mechanism: str = "auto"  # how variants are evaluated: auto (measured), mask or sessions (--mechanism)
     limit: int | None = None
     seed: int = 0
@@ -136,6 +138,7 @@ class InspectReport:
     fast: FastScoring | None = None
     layers: list[LayerAudit] | None = None  # --layers: every audited layer, the first one included
     skipped_layers: list[tuple[str, str]] = field(default_factory=list)  # (layer, why it was left out)
+    devices: dict[str, str | None] = field(default_factory=dict)  # onnxruntime / torch: "cpu", "cuda" or None
 
     @property
     def baseline_accuracy(self) -> float | None:
@@ -312,7 +315,13 @@ def inspect_model(
         # scorers use the mirror's gradients too, so they need the same parity check.
         clock = time.perf_counter()
         prepared = prepare_attack(
-            batching, image_input, output.name, data, tolerance=config.atol, providers=config.providers
+            batching,
+            image_input,
+            output.name,
+            data,
+            tolerance=config.atol,
+            providers=config.providers,
+            device=torch_device(config.device),
         )
         timings["mirror_check"] = time.perf_counter() - clock
     # Runs sized by the memory budget: V variants x N images of this model's activations must fit.
@@ -410,6 +419,7 @@ def inspect_model(
         fast=fast,
         layers=audits if selection is not None else None,
         skipped_layers=skipped,
+        devices={"onnxruntime": runner.device, "torch": prepared.device if prepared is not None else None},
     )
 
 

@@ -107,9 +107,10 @@ def targeting_site_note(proto: onnx.ModelProto, layer: ConvLayer, at: str, site:
 class PreparedAttack:
     """A mirror that passed its parity check, ready to produce gradients."""
 
-    mirror: object  # kernelscope.mirror.OnnxMirror (torch is imported lazily)
+    mirror: object  # kernelscope.mirror.OnnxMirror (torch is imported lazily), on ``device``
     check: MirrorCheck
     preflight: Preflight
+    device: str = "cpu"  # the torch device the mirror, and so the attack's gradients, run on
 
 
 def prepare_attack(
@@ -120,8 +121,9 @@ def prepare_attack(
     *,
     tolerance: float | None = None,
     providers: Sequence[str] | None = None,
+    device: str = "cpu",
 ) -> PreparedAttack:
-    """Build the mirror, check it against onnxruntime, and run the pre-flight checks.
+    """Build the mirror on the torch ``device``, check it there against onnxruntime, run the pre-flight checks.
 
     ``tolerance`` defaults to the mirror's default for the model (1e-4; 1e-2 for float16 graphs, whose own
     arithmetic onnxruntime carries out in float16 while the mirror computes in float32).
@@ -140,6 +142,7 @@ def prepare_attack(
         raise UnsupportedOpsError(
             exc.unsupported, hint="pass --no-attack to score the kernels without attacking"
         ) from None
+    mirror = mirror.to(device)  # checked where it will run: CUDA kernels round differently from the CPU's
     images = min(len(data), PARITY_IMAGES if batching.batchable else (batching.fixed_batch or 1))
     x = data.preprocessing.to_model_input(data.dataset.images[:images])
     result = check_parity(proto, mirror, {image_input: x}, output, tolerance=tolerance, providers=providers)
@@ -164,8 +167,8 @@ def prepare_attack(
     import torch
 
     with torch.no_grad():  # the parity batch again: the mirror agrees with onnxruntime on it, no new session needed
-        scores = mirror(torch.from_numpy(x)).reshape(images, -1).double().numpy()
-    return PreparedAttack(mirror, check, _preflight(proto, output, scores))
+        scores = mirror(torch.from_numpy(x).to(device)).reshape(images, -1).double().cpu().numpy()
+    return PreparedAttack(mirror, check, _preflight(proto, output, scores), device)
 
 
 def _preflight(proto: onnx.ModelProto, output: str, scores: np.ndarray) -> Preflight:
@@ -260,7 +263,7 @@ def run_attack(
     extra = [(f, n) for _, f, n in layer_targets]
     evaluator = OnnxEvaluator(batching, image_input, output, site, providers, threads, extra_sites=layer_sites)
     module, loss = _attack_module(prepared, batching.proto, output)
-    gradient = InputGradient(module, data.preprocessing, loss)
+    gradient = InputGradient(module, data.preprocessing, loss, device=prepared.device)
     if not batching.batchable:
         gradient = _FixedBatchGradient(gradient, batching.fixed_batch or 1)
     if settings is None:
@@ -324,10 +327,14 @@ class LossObjective:
     def __call__(self, labels: np.ndarray) -> Objective:
         import torch
 
-        target = torch.as_tensor(labels, dtype=torch.long)
+        from kernelscope.attacks.gradients import module_device
+
+        device = module_device(self.module)
+        target = torch.as_tensor(labels, dtype=torch.long, device=device)
 
         def objective(x01):  # (torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
-            outputs = self.outputs(x01)
+            # PGD's iterates stay on the CPU; the module's device computes (``.to`` carries the gradient back).
+            outputs = self.outputs(x01.to(device))
             # ascend a loss whose gradient does not vanish on saturated outputs (float64 CE, then the margin)
             value, _ = attack_objective(outputs, target, self.loss)
             if self.loss != "cross_entropy":
@@ -338,7 +345,7 @@ class LossObjective:
             # Where even that is 0, the (negative) logit margin still ranks the iterates; it is below any
             # positive loss, so an iterate with a measurable loss always wins.
             margin = margin_objective(outputs.detach(), target, self.loss).double()
-            return value, torch.where(criterion > 0, criterion, margin)
+            return value, torch.where(criterion > 0, criterion, margin).cpu()
 
         return objective
 

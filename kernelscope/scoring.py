@@ -26,6 +26,7 @@ import onnx
 from kernelscope.backends import Backend, plan_tasks
 from kernelscope.backends.local import LocalBackend
 from kernelscope.data.preprocessing import PreparedData
+from kernelscope.devices import onnxruntime_device
 from kernelscope.errors import ModelError
 from kernelscope.model.batching import Batching, fixed_chunks, resolve_batching
 from kernelscope.model.first_conv import ConvLayer
@@ -54,7 +55,7 @@ STACKING_TOLERANCE = 1e-4
 #: (the model itself with the kernel's weights dropped, one session per variant), chosen by measured cost.
 MECHANISMS = ("mask", "sessions")
 #: Images of the probe batch that times the two mechanisms.
-PROBE_IMAGES = 32
+PROBE_IMAGES = 16
 #: Scoring estimated shorter than this (seconds, from one masked run) keeps the mask without timing both:
 #: the probe would cost more than the choice could save.
 MIN_PROBED_SECONDS = 3.0
@@ -159,6 +160,7 @@ class KernelDropRunner:
         self._verified: set[tuple[int, int]] = set()  # (V, N) shapes whose stacked runs were checked
         self._failed: dict[tuple[int, int], str] = {}  # (V, N) shapes whose stacked runs failed the check: why
         self.session_runs = 0  # onnxruntime runs so far (the checks included)
+        self.device: str | None = None  # where onnxruntime ran the variants ("cpu" / "cuda"), once it has
         self.mechanism = "mask"
         self.mechanism_note: str | None = None  # why this mechanism, once chosen
         self.mechanism_costs: dict[str, float] | None = None  # what the probe measured (wall-clock figures)
@@ -176,6 +178,7 @@ class KernelDropRunner:
         """The onnxruntime session of the masked model (built on first use)."""
         if self._session is None:
             self._session = make_session(self._masked, self.providers, self._threads)
+            self.device = onnxruntime_device(self._session)
         return self._session
 
     def release(self) -> None:
@@ -208,7 +211,7 @@ class KernelDropRunner:
         ``images`` evaluations in groups of ``group`` variants per masked run; once per runner.
 
         ``sessions`` must also reproduce the masked model's outputs on the probe (within the stacking
-        tolerance), else the mask stays. The probe costs about (2 + 2 x group) x 32 variant-images.
+        tolerance), else the mask stays. The probe costs about (2 + 4 x group) x 16 variant-images.
         """
         if self._mechanism_chosen:
             return self.mechanism
@@ -232,7 +235,7 @@ class KernelDropRunner:
         try:
             self._dropper = WeightDropper(self._plain_model(), self.layer)
             started = time.perf_counter()
-            session = make_session(self._dropper.model_bytes(keep), self.providers, self._threads)
+            session = make_session(self._dropper.model_bytes(keep), self.providers, self._threads, shared_arena=True)
             build = time.perf_counter() - started
             candidate = self._plain_run(session, probe)
         except (ModelError, ValueError) as exc:  # ValueError: a stored tensor numpy cannot read
@@ -246,20 +249,21 @@ class KernelDropRunner:
             self._dropper = None
             self.mechanism_note = "the kernel mask (the model with a kernel's weights dropped gave other outputs)"
             return self.mechanism
-        # Timing only (the stacking check comes with the real runs): best of two, alternating, so the
-        # machine's drift hits both alike, after one untimed stacked run that grows onnxruntime's arena.
-        mask_s, session_s = float("inf"), float("inf")
+        # Timing only (the stacking check comes with the real runs). The variant session runs as many images
+        # per run as the stacked mask run (the probe images repeated), so per-run overheads weigh alike; one
+        # untimed run of each first grows onnxruntime's arenas to these shapes.
         try:
             self._run(probe, stacked)
         except ModelError:  # this graph does not stack: the mask would run one variant at a time
             stacked = masks[1:2]
-        for _ in range(2):
-            started = time.perf_counter()
-            self._run(probe, stacked)
-            mask_s = min(mask_s, (time.perf_counter() - started) / (len(stacked) * len(probe)))
-            started = time.perf_counter()
-            self._plain_run(session, probe)
-            session_s = min(session_s, (time.perf_counter() - started) / len(probe))
+        tiled = np.concatenate([probe] * len(stacked)) if self.batchable else probe
+        self._plain_run(session, tiled)
+        started = time.perf_counter()
+        self._run(probe, stacked)
+        mask_s = (time.perf_counter() - started) / (len(stacked) * len(probe))
+        started = time.perf_counter()
+        self._plain_run(session, tiled)
+        session_s = (time.perf_counter() - started) / len(tiled)
         mask_total = variants * images * mask_s
         sessions_total = variants * (build + images * session_s)
         self.mechanism_costs = {
@@ -300,7 +304,9 @@ class KernelDropRunner:
         if self._variant is None or self._variant[0] != key:
             self._variant = None  # free the previous variant's session before building the next
             assert self._dropper is not None
-            self._variant = (key, make_session(self._dropper.model_bytes(row > 0), self.providers, self._threads))
+            model = self._dropper.model_bytes(row > 0)
+            self._variant = (key, make_session(model, self.providers, self._threads, shared_arena=True))
+            self.device = onnxruntime_device(self._variant[1])
             self.sessions_built += 1
         return self._variant[1]
 

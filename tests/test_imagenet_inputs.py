@@ -216,3 +216,46 @@ def test_folder_options_on_other_data_and_unknown_folders_are_refused(val_folder
     code = main(["inspect", str(model), "--data", str(root), "--classes", str(index), "--no-attack"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and SYNSETS[2] in err and "not in the class index" in err
+
+
+@pytest.mark.parametrize("shape", ["resnet18", "resnet50", "mobilenet_v2"])
+def test_imagenet_architectures_are_scored_like_the_zeroed_model(val_folder, tmp_path, capsys, shape):
+    """ResNet-18/-50 and MobileNetV2 shapes at 224 px (narrow widths, the published stems: 64 kernels 7 x 7 / 2,
+    or 32 of 3 x 3 / 2 with ReLU6): the mirror passes its parity check, and exact scores equal onnxruntime on
+    the model with the kernel's weights zeroed, with either scoring mechanism."""
+    import imagenet_shapes
+
+    root, index = val_folder
+    torch.manual_seed(1)
+    net = getattr(imagenet_shapes, shape)(width=0.125 if shape != "mobilenet_v2" else 0.25)
+    model = tmp_path / f"{shape}.onnx"
+    imagenet_shapes.export(net, model)
+    docs = {}
+    for mechanism in ("mask", "sessions"):
+        out = tmp_path / f"{mechanism}.json"
+        args = ["inspect", str(model), "--data", str(root), *GEOMETRY, "--classes", str(index), "--json", str(out)]
+        args += ["--eps", "0.002", "--bootstrap", "0", "--mechanism", mechanism, "-q"]
+        assert main(args) == 0, capsys.readouterr().err
+        docs[mechanism] = json.loads(out.read_text())
+    doc = docs["mask"]
+    assert doc["mirror"]["ok"] and doc["execution"]["mechanism"] == "mask"
+    assert docs["sessions"]["execution"]["mechanism"] == "sessions"
+    assert [k["accuracy"] for k in docs["sessions"]["kernels"]] == [k["accuracy"] for k in doc["kernels"]]
+    kernels = 32 if shape == "mobilenet_v2" else 64
+    assert len(doc["kernels"]) == kernels
+    proto = onnx.load(str(model))
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    x = np.stack([_reference_transform(p) for p in sorted(root.glob("*/*.JPEG"))]).astype(np.float32) / 255.0
+    x = ((x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(0, 3, 1, 2).astype(np.float32)
+    labels = np.repeat([INDICES[s] for s in SYNSETS], 5)
+    for k in (0, kernels // 2, kernels - 1):
+        zeroed = onnx.ModelProto()
+        zeroed.CopyFrom(proto)
+        for tensor in zeroed.graph.initializer:
+            if tensor.name in conv.input[1:]:
+                values = onnx.numpy_helper.to_array(tensor).copy()
+                values[k] = 0
+                tensor.CopyFrom(onnx.numpy_helper.from_array(values, tensor.name))
+        session = ort.InferenceSession(zeroed.SerializeToString(), providers=["CPUExecutionProvider"])
+        accuracy = float(np.mean(session.run(None, {"input": x})[0].argmax(axis=1) == labels))
+        assert doc["kernels"][k]["accuracy"] == pytest.approx(accuracy), k

@@ -29,8 +29,8 @@ def model_input_from_unit_pixels(x01: torch.Tensor, preprocessing: Preprocessing
     if np.dtype(preprocessing.input_dtype) == np.uint8:
         values = pixels
     else:
-        mean = torch.as_tensor(preprocessing.mean, dtype=x01.dtype)
-        std = torch.as_tensor(preprocessing.std, dtype=x01.dtype)
+        mean = torch.as_tensor(preprocessing.mean, dtype=x01.dtype, device=x01.device)
+        std = torch.as_tensor(preprocessing.std, dtype=x01.dtype, device=x01.device)
         values = (pixels * preprocessing.scale - mean) / std
     if preprocessing.layout == "NCHW":
         values = values.permute(0, 3, 1, 2)
@@ -162,7 +162,7 @@ class InputGradient:
     module: torch.nn.Module
     preprocessing: Preprocessing
     loss: str = "cross_entropy"
-    device: str = "cpu"
+    device: str | None = None  # None: the module's own device
     usage: LossUsage = field(default_factory=LossUsage)
 
     def __call__(self, x01: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -173,8 +173,9 @@ class InputGradient:
 
     def with_losses(self, x01: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(gradient, outputs, the loss index of each image into :data:`ATTACK_LOSSES`); counts nothing."""
-        x = torch.as_tensor(x01, dtype=torch.float32, device=self.device).requires_grad_(True)
-        target = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        device = self.device or module_device(self.module)
+        x = torch.as_tensor(x01, dtype=torch.float32, device=device).requires_grad_(True)
+        target = torch.as_tensor(labels, dtype=torch.long, device=device)
         output = self.module(model_input_from_unit_pixels(x, self.preprocessing)).reshape(x.shape[0], -1)
         value, kind = attack_objective(output, target, self.loss)
         (gradient,) = torch.autograd.grad(value.sum(), x, retain_graph=True)
@@ -220,3 +221,10 @@ def softmax_input(proto, output: str) -> str | None:
     axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
     # class axis of (N, K): 1 or -1 (before opset 13 axis 1 flattens the trailing axes, the same for 2-D)
     return node.input[0] if axis in (1, -1) else None
+
+
+def module_device(module) -> torch.device:
+    """The device a module's tensors live on (its first parameter or buffer; the CPU for one without any)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")

@@ -247,7 +247,9 @@ def providers_for(device: str) -> tuple[str, ...] | None:
     """onnxruntime providers for ``--device auto|cpu|cuda``."""
     import onnxruntime as ort
 
-    device = device.lower()
+    from kernelscope.devices import check_device
+
+    device = check_device(device)
     if device == "auto":
         return None
     if device == "cpu":
@@ -307,6 +309,7 @@ def inspect_config(
         input_shape=parse_ints(input_shape, "--input-shape", 4),
         preprocessing=preprocessing_options(scale, mean, std, layout, size, channels, resize, crop, preset),
         providers=providers_for(device),
+        device=device.lower(),
         epsilons=parse_floats(epsilons, epsilons_option),
         bounds=parse_bounds(bounds),
         **fields,

@@ -258,6 +258,9 @@ def render_inspect(console: Console, report: InspectReport, top: int | None = No
         )
     if report.fast is not None:
         console.print(f"{report.fast.method} scoring took {report.fast.seconds:.2f} s", style="dim", markup=False)
+    used = [f"{side} {where}" for side, where in report.devices.items() if where]
+    if used:
+        console.print(f"devices: {', '.join(used)}", style="dim", markup=False)
     if report.layers is not None:
         console.print()
         console.print(layers_table(report))

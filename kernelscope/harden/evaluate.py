@@ -66,13 +66,14 @@ class Twin:
         """The twin's own class scores (used as the judge during the search)."""
         import torch
 
+        from kernelscope.attacks.gradients import module_device
         from kernelscope.robustness import LossObjective
 
         with torch.no_grad():
             out = LossObjective(self.module, self.preprocessing, self.loss, self.chunk).outputs(
-                torch.as_tensor(x01, dtype=torch.float32)
+                torch.as_tensor(x01, dtype=torch.float32, device=module_device(self.module))
             )
-        return out.double().numpy()
+        return out.double().cpu().numpy()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from kernelscope.attacks.sweep import EpsilonAccuracy, EpsilonTargeting, check_e
 from kernelscope.audit import AuditInputs, InspectConfig, _check_labels, load_audit_inputs
 from kernelscope.data import load_dataset
 from kernelscope.data.preprocessing import PreparedData, select_examples
+from kernelscope.devices import torch_device
 from kernelscope.errors import UsageError
 from kernelscope.evaluation import OnnxEvaluator
 from kernelscope.harden.evaluate import (
@@ -202,7 +203,10 @@ class _Model:
 def _model(proto: onnx.ModelProto, inputs: AuditInputs, data: PreparedData, config: InspectConfig) -> _Model:
     image_input, output = inputs.image_input, inputs.output.name
     batching = resolve_batching(proto, image_input, output, config.providers, config.threads)
-    prepared = prepare_attack(batching, image_input, output, data, tolerance=config.atol, providers=config.providers)
+    prepared = prepare_attack(
+        batching, image_input, output, data, tolerance=config.atol, providers=config.providers,
+        device=torch_device(config.device),
+    )  # fmt: skip
     evaluator = OnnxEvaluator(batching, image_input, output, None, config.providers, config.threads)
     return _Model(proto, batching, prepared, evaluator)
 
@@ -349,7 +353,8 @@ def harden_model(
         train_output, train_loss = _training_output(original, inputs.output.name)
         setup = FinetuneSetup(
             mirror=original.prepared.mirror, proto=original.batching.proto, output=train_output,
-            loss=train_loss, tunable=tunable.names, train=train[0], settings=config.finetune,
+            loss=train_loss, tunable=tunable.names, train=train[0],
+            settings=replace(config.finetune, device=original.prepared.device),  # where the mirror was checked
             epsilon=audit_eps, bounds=base.bounds, head=head, lambda_s=config.lambda_s,
             strengths={m: config.strengths or DEFAULT_STRENGTHS[m] for m in finetuning},
         )  # fmt: skip

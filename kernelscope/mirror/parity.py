@@ -77,7 +77,8 @@ def _relative(mirror: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
 
 
 def _mirror_values(mirror: OnnxMirror, feeds: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
-    tensors = {name: from_numpy(value, mirror.dtype) for name, value in feeds.items()}
+    device = next((b.device for b in mirror.buffers()), None)  # the mirror's device (CPU or CUDA)
+    tensors = {name: from_numpy(value, mirror.dtype).to(device) for name, value in feeds.items()}
     with torch.no_grad():
         values = mirror.run(tensors, names)
     return {name: v.detach().cpu().numpy() for name, v in values.items()}

@@ -18,6 +18,7 @@ from kernelscope import __version__
 from kernelscope.attacks.pgd import NORMS
 from kernelscope.audit import DataSummary, InspectConfig, ModelSummary, load_model_and_data
 from kernelscope.data.preprocessing import PreparedData, Preprocessing
+from kernelscope.devices import torch_device
 from kernelscope.errors import ModelError, UsageError
 from kernelscope.model.batching import Batching, run_outputs
 from kernelscope.model.linear_head import LinearHead, find_linear_head
@@ -206,13 +207,14 @@ def analyse_neurons(
             data,
             tolerance=config.inspect.atol,
             providers=config.inspect.providers,
+            device=torch_device(config.inspect.device),
         )
         mirror_check = prepared.check
         mirror = prepared.mirror
         if not head.connected:  # the chosen layer is not on the scored output's path: mirror the whole graph
             from kernelscope.mirror import OnnxMirror
 
-            mirror = OnnxMirror(inputs.batching.proto)
+            mirror = OnnxMirror(inputs.batching.proto).to(prepared.device)
         chunk = None if inputs.batching.batchable else (inputs.batching.fixed_batch or 1)
         twin = HeadTwin(mirror, data.preprocessing, inputs.image_input, head.feature_tensor, head.logits_tensor, chunk)
         feature_diff = _feature_parity(twin, deployed, data, prepared.check.tolerance, prepared.check.images)

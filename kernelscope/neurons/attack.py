@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernelscope.attacks.gradients import model_input_from_unit_pixels, precise_cross_entropy
+from kernelscope.attacks.gradients import model_input_from_unit_pixels, module_device, precise_cross_entropy
 from kernelscope.attacks.pgd import PgdSettings, pgd
 from kernelscope.data.preprocessing import PreparedData, Preprocessing
 from kernelscope.neurons.sensitivity import Sensitivity
@@ -66,10 +66,12 @@ class HeadTwin:
         return torch.cat(features), torch.cat(logits)
 
     def _run(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        model_input = model_input_from_unit_pixels(x01, self.preprocessing)
+        # The mirror's device computes; f and z come back to x01's (PGD's iterates stay on the CPU).
+        model_input = model_input_from_unit_pixels(x01.to(module_device(self.mirror)), self.preprocessing)
         out = self.mirror.run({self.image_input: model_input}, [self.feature_tensor, self.logits_tensor])
         n = x01.shape[0]
-        return out[self.feature_tensor].reshape(n, -1), out[self.logits_tensor].reshape(n, -1)
+        features, logits = out[self.feature_tensor].reshape(n, -1), out[self.logits_tensor].reshape(n, -1)
+        return features.to(x01.device), logits.to(x01.device)
 
 
 @dataclass(frozen=True)

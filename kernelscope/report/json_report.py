@@ -117,6 +117,7 @@ def inspect_to_dict(report: InspectReport, *, include_timings: bool = True) -> d
             "test": "exact McNemar (two-sided) of kernel-dropped vs baseline predictions; Holm-adjusted over kernels",
             "bootstrap_resamples": scoring.bootstrap_resamples if scoring else 0,
         },
+        "devices": report.devices,
         "execution": None
         if scoring is None
         else {

@@ -1,0 +1,54 @@
+"""Where each side runs: onnxruntime's execution providers and PyTorch's device (``--device auto|cpu|cuda``).
+
+``auto`` takes CUDA wherever it is there (onnxruntime-gpu that sees a GPU; a CUDA build of torch that sees
+one), each side on its own; ``cpu`` keeps both on the CPU; ``cuda`` needs both on the GPU and says which
+one cannot be, rather than running there on the CPU. Reports name the devices that were actually used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kernelscope.errors import ModelError, UsageError
+
+#: Values of ``--device``.
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(requested: str) -> str:
+    """``requested`` in lower case, or a :class:`UsageError`."""
+    device = requested.lower()
+    if device not in DEVICES:
+        raise UsageError(f"--device must be auto, cpu or cuda, not {requested!r}")
+    return device
+
+
+def torch_device(requested: str) -> str:
+    """The PyTorch device for ``--device``: ``cuda`` or ``cpu`` (imports torch)."""
+    import torch
+
+    device = check_device(requested)
+    if device == "cpu":
+        return "cpu"
+    available = torch.cuda.is_available()
+    if device == "cuda" and not available:
+        raise UsageError(
+            f"--device cuda: this PyTorch ({torch.__version__}) sees no CUDA device (a CPU build, or no GPU "
+            "visible); install a CUDA build of torch or use --device cpu"
+        )
+    return "cuda" if available else "cpu"
+
+
+def onnxruntime_device(session) -> str:
+    """``cuda`` when the session runs on onnxruntime's CUDA provider, else ``cpu``."""
+    return "cuda" if "CUDAExecutionProvider" in session.get_providers() else "cpu"
+
+
+def check_session_device(session, providers: Sequence[str] | None) -> None:
+    """A :class:`ModelError` when CUDA was asked for (first in ``providers``) but the session runs without it:
+    onnxruntime falls back to the CPU with only a log line when the CUDA libraries fail to load."""
+    if providers and providers[0] == "CUDAExecutionProvider" and onnxruntime_device(session) != "cuda":
+        raise ModelError(
+            "--device cuda: onnxruntime could not start its CUDA provider (its CUDA or cuDNN libraries did not "
+            "load; KERNELSCOPE_ORT_LOG_LEVEL=2 shows why); fix the CUDA install or use --device cpu"
+        )

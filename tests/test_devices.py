@@ -1,0 +1,54 @@
+"""``--device``: both sides on the CPU here, the choice checked, CUDA never taken silently, the report naming
+the devices used."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kernelscope.cli.app import main
+from kernelscope.devices import check_session_device, torch_device
+from kernelscope.errors import ModelError, UsageError
+from kernelscope.runtime import make_session
+
+from builders import conv_classifier, random_npz, save
+
+
+def test_device_choice_on_a_machine_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert torch_device("auto") == "cpu" and torch_device("CPU") == "cpu"
+    with pytest.raises(UsageError, match="sees no CUDA device"):
+        torch_device("cuda")
+    with pytest.raises(UsageError, match="auto, cpu or cuda"):
+        torch_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert torch_device("auto") == "cuda" and torch_device("cuda") == "cuda" and torch_device("cpu") == "cpu"
+
+
+def test_a_cuda_session_that_fell_back_to_the_cpu_is_refused():
+    session = make_session(conv_classifier(), ["CPUExecutionProvider"])
+    check_session_device(session, ["CPUExecutionProvider"])  # asked for the CPU: fine
+    check_session_device(session, None)  # auto: the report names what it got
+    with pytest.raises(ModelError, match="could not start its CUDA provider"):
+        check_session_device(session, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_the_report_names_the_devices_used(tmp_path, capsys):
+    model = save(conv_classifier(out_channels=4), tmp_path / "m.onnx")
+    data = random_npz(tmp_path / "d.npz", n=24)
+    out = tmp_path / "r.json"
+    assert main(["inspect", str(model), "-d", str(data), "--eps", "0.02", "--device", "cpu", "--json", str(out)]) == 0
+    assert "devices: onnxruntime cpu, torch cpu" in capsys.readouterr().out
+    assert json.loads(out.read_text())["devices"] == {"onnxruntime": "cpu", "torch": "cpu"}
+    assert main(["inspect", str(model), "-d", str(data), "--no-attack", "--json", str(out), "--force", "-q"]) == 0
+    assert json.loads(out.read_text())["devices"] == {"onnxruntime": "cpu", "torch": None}  # no torch at all
+
+
+def test_device_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
+    model = save(conv_classifier(out_channels=4), tmp_path / "m.onnx")
+    data = random_npz(tmp_path / "d.npz", n=12)
+    assert main(["inspect", str(model), "-d", str(data), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device cuda" in err and len(err.splitlines()) == 1
