@@ -71,9 +71,10 @@ def _inputs(path: Path, limit: int, folder: Path):
         data = folder / f"random224_{limit}.npz"
         if not data.exists():
             np.savez(data, x=rng.integers(0, 256, (limit, 224, 224, 3), dtype=np.uint8), y=rng.integers(0, 1000, limit))
-        config = InspectConfig(
-            data=str(data), limit=limit, bootstrap=0, mean="0.485,0.456,0.406", std="0.229,0.224,0.225", threads=1
-        )
+        from kernelscope.data.preprocessing import PreprocessingOptions
+
+        imagenet = PreprocessingOptions(preset="imagenet")
+        config = InspectConfig(data=str(data), limit=limit, bootstrap=0, threads=1, preprocessing=imagenet)
     else:
         config = InspectConfig(data=str(DATA), limit=limit, bootstrap=0, threads=1)
     return load_audit_inputs(path, config)

@@ -29,6 +29,7 @@ from kernelscope.data.preprocessing import PreparedData
 from kernelscope.devices import onnxruntime_device
 from kernelscope.errors import ModelError
 from kernelscope.model.batching import Batching, fixed_chunks, resolve_batching
+from kernelscope.model.cost import share_before
 from kernelscope.model.first_conv import ConvLayer
 from kernelscope.model.graph import GraphIndex
 from kernelscope.model.surgery.drop_weights import WeightDropper
@@ -54,8 +55,13 @@ STACKING_TOLERANCE = 1e-4
 #: How the variants are evaluated: ``mask`` (one session, the kernel mask, V variants per run) or ``sessions``
 #: (the model itself with the kernel's weights dropped, one session per variant), chosen by measured cost.
 MECHANISMS = ("mask", "sessions")
-#: Images of the probe batch that times the two mechanisms.
+#: Images on which a variant session must reproduce the masked model before it may be used.
 PROBE_IMAGES = 16
+#: Timing both mechanisms is done only when it costs at most this share of the job.
+PROBE_SHARE = 0.02
+#: Without timing, the mask is kept when at least this share of the model's multiply-accumulates lies before
+#: the point where its variants fork (that part then runs once per image, not once per variant).
+MASK_SHARE = 0.15
 #: Scoring estimated shorter than this (seconds, from one masked run) keeps the mask without timing both:
 #: the probe would cost more than the choice could save.
 MIN_PROBED_SECONDS = 3.0
@@ -207,11 +213,20 @@ class KernelDropRunner:
             self._session = None  # the masked session is not needed any more
 
     def choose_mechanism(self, x: np.ndarray, images: int, variants: int, group: int) -> str:
-        """Time both mechanisms on (part of) the image batch ``x`` and keep the cheaper for ``variants`` x
-        ``images`` evaluations in groups of ``group`` variants per masked run; once per runner.
+        """Choose how to evaluate ``variants`` x ``images`` (``x``: the first image batch, as the real runs take
+        it; ``group``: variants per masked run), once per runner.
 
-        ``sessions`` must also reproduce the masked model's outputs on the probe (within the stacking
-        tolerance), else the mask stays. The probe costs about (2 + 4 x group) x 16 variant-images.
+        - A job estimated under :data:`MIN_PROBED_SECONDS` keeps the mask (C_out + 1 session builds would
+          cost more than they save).
+        - When timing both costs at most :data:`PROBE_SHARE` of the job, both run once on ``x`` at their real
+          shapes (the mask: the group stacked; a variant session: the batch), after a warm-up each, and the
+          cheaper for the whole job, session builds included, is kept.
+        - Otherwise the static estimate decides: the mask when the network before the point where its
+          variants fork holds at least :data:`MASK_SHARE` of the model's multiply-accumulates (that part runs
+          once per image), else one session per variant (each exactly as fast as the deployed model).
+
+        ``sessions`` must first reproduce the masked model's outputs on 16 images (within the stacking
+        tolerance), else the mask stays.
         """
         if self._mechanism_chosen:
             return self.mechanism
@@ -224,20 +239,21 @@ class KernelDropRunner:
             self.mechanism_note = "the kernel mask (fewer images than the model's fixed batch)"
             return self.mechanism
         masks = drop_masks(self.channels)
-        stacked = masks[: max(1, min(group, variants))] if self.batchable else masks[:1]
         keep = masks[1] > 0
         started = time.perf_counter()
         reference = self._run(probe, masks[1:2])  # the masked session first: its errors are the model's
-        estimate = (time.perf_counter() - started) / len(probe) * variants * images
-        if estimate < MIN_PROBED_SECONDS:
-            self.mechanism_note = "the kernel mask (scoring this short is not worth timing both ways)"
+        per_image = (time.perf_counter() - started) / len(probe)
+        if per_image * variants * images < MIN_PROBED_SECONDS:
+            self.mechanism_note = "the kernel mask (a short job: one session per variant would cost more)"
             return self.mechanism
         try:
             self._dropper = WeightDropper(self._plain_model(), self.layer)
             started = time.perf_counter()
             session = make_session(self._dropper.model_bytes(keep), self.providers, self._threads, shared_arena=True)
             build = time.perf_counter() - started
+            started = time.perf_counter()
             candidate = self._plain_run(session, probe)
+            per_image = min(per_image, (time.perf_counter() - started) / len(probe))
         except (ModelError, ValueError) as exc:  # ValueError: a stored tensor numpy cannot read
             self._dropper = None
             self.mechanism_note = f"the kernel mask (one session per variant is not possible: {exc})"
@@ -249,38 +265,57 @@ class KernelDropRunner:
             self._dropper = None
             self.mechanism_note = "the kernel mask (the model with a kernel's weights dropped gave other outputs)"
             return self.mechanism
-        # Timing only (the stacking check comes with the real runs). The variant session runs as many images
-        # per run as the stacked mask run (the probe images repeated), so per-run overheads weigh alike; one
-        # untimed run of each first grows onnxruntime's arenas to these shapes.
+        stacked = masks[: max(1, min(group, variants))] if self.batchable else masks[:1]
+        job = per_image * variants * images
+        probe_cost = per_image * 2 * (len(stacked) + 1) * len(x)
+        if probe_cost <= PROBE_SHARE * job:
+            use_sessions = self._time_both(x, stacked, session, build, variants, images)
+            why = "measured cheaper"
+        else:
+            share = share_before(self._plain_model(), self._fork_tensor())
+            use_sessions = share is None or share < MASK_SHARE
+            if share is None:
+                why = "the default; the model's arithmetic could not be estimated"
+            else:
+                why = f"estimated: {share:.0%} of the model's arithmetic lies before the variants' fork"
+        if use_sessions:
+            self.use_mechanism("sessions", f"one session per variant with its weights dropped ({why})")
+            self._variant = (keep.tobytes(), session)
+            self.sessions_built += 1
+        else:
+            self.mechanism_note = f"the kernel mask at {self.site.tensor!r} ({why})"
+            self._dropper = None  # its copy of the serialized model is not needed
+        return self.mechanism
+
+    def _fork_tensor(self) -> str:
+        """The tensor where the kernel variants part (the block input for a bypassed layer, else the mask site)."""
+        return self.expansion.tensor if self.expansion is not None else self.site.tensor
+
+    def _time_both(self, x: np.ndarray, stacked: np.ndarray, session, build: float, variants: int, images: int) -> bool:
+        """Whether one session per variant is cheaper than the mask for the job, timed on ``x`` at the real
+        run shapes (after one untimed run of each, which grows onnxruntime's arenas to them)."""
+        if not self.batchable:
+            x = x[: self.fixed_batch]  # a fixed-batch graph: both run exactly that many images
         try:
-            self._run(probe, stacked)
+            self._run(x, stacked)
         except ModelError:  # this graph does not stack: the mask would run one variant at a time
-            stacked = masks[1:2]
-        tiled = np.concatenate([probe] * len(stacked)) if self.batchable else probe
-        self._plain_run(session, tiled)
+            stacked = stacked[:1]
+            self._run(x, stacked)
+        self._plain_run(session, x)
         started = time.perf_counter()
-        self._run(probe, stacked)
-        mask_s = (time.perf_counter() - started) / (len(stacked) * len(probe))
+        self._run(x, stacked)
+        mask_s = (time.perf_counter() - started) / (len(stacked) * len(x))
         started = time.perf_counter()
-        self._plain_run(session, tiled)
-        session_s = (time.perf_counter() - started) / len(tiled)
-        mask_total = variants * images * mask_s
-        sessions_total = variants * (build + images * session_s)
+        self._plain_run(session, x)
+        session_s = (time.perf_counter() - started) / len(x)
         self.mechanism_costs = {
             "mask_ms_per_variant_image": mask_s * 1e3,
             "mask_variants_per_run": len(stacked),
             "sessions_ms_per_variant_image": session_s * 1e3,
             "session_build_seconds": build,
-            "probe_images": len(probe),
+            "probe_images": len(x),
         }
-        if sessions_total < mask_total:
-            self.use_mechanism("sessions", "one session per variant with its weights dropped (measured cheaper)")
-            self._variant = (keep.tobytes(), session)
-            self.sessions_built += 1
-        else:
-            self.mechanism_note = f"the kernel mask at {self.site.tensor!r} (measured cheaper)"
-            self._dropper = None  # its copy of the serialized model is not needed
-        return self.mechanism
+        return variants * (build + images * session_s) < variants * images * mask_s
 
     def _plain_model(self) -> onnx.ModelProto:
         """The batch-ready model with only the scored output (what each variant session runs)."""

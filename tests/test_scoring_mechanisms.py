@@ -138,6 +138,7 @@ def test_the_measured_choice_keeps_the_cheaper_mechanism(monkeypatch, slow):
 
     monkeypatch.setattr(KernelDropRunner, target, delayed)
     monkeypatch.setattr(scoring, "MIN_PROBED_SECONDS", 0.0)
+    monkeypatch.setattr(scoring, "PROBE_SHARE", 1e9)  # always affordable here
     data = _prepared(model, n=40)
     result = score_kernels(runner, data, batch_size=16, bootstrap=0)
     kept = "sessions" if slow == "mask" else "mask"
@@ -160,8 +161,9 @@ def test_inspect_names_the_mechanism_and_refuses_bad_ones(tmp_path, capsys, monk
     assert execution["mechanism"] == "sessions" and "as asked" in execution["mechanism_note"]
     assert main([*base, "--json", str(out), "--force"]) == 0
     execution = json.loads(out.read_text())["execution"]
-    assert execution["mechanism"] == "mask" and "not worth timing" in execution["mechanism_note"]
+    assert execution["mechanism"] == "mask" and "a short job" in execution["mechanism_note"]
     monkeypatch.setattr(scoring, "MIN_PROBED_SECONDS", 0.0)
+    monkeypatch.setattr(scoring, "PROBE_SHARE", 1e9)
     assert main([*base, "--json", str(out), "--force"]) == 0
     doc = json.loads(out.read_text())
     assert (
@@ -178,3 +180,66 @@ def test_inspect_names_the_mechanism_and_refuses_bad_ones(tmp_path, capsys, monk
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert needle in err and len(err.splitlines()) == 1
+
+
+def test_without_timing_the_share_of_work_before_the_fork_decides(monkeypatch):
+    """First layer: almost nothing before the fork, so one session per variant; a deep layer whose variants
+    fork after most of the network keeps the mask. Both score like the other mechanism."""
+    from kernelscope.model.cost import node_macs, share_before
+    from kernelscope.model.first_conv import select_convs
+
+    monkeypatch.setattr(scoring, "MIN_PROBED_SECONDS", 0.0)
+    monkeypatch.setattr(scoring, "PROBE_SHARE", 0.0)  # timing never affordable: the estimate decides
+    model = onnx.load(str(_two_convs()))
+    layers = select_convs(model, "image", "all").layers
+    macs = node_macs(model)
+    first, second = (next(i for i, n in enumerate(model.graph.node) if n.output[0] == c.output) for c in layers)
+    assert macs[first] == 16 * 16 * 8 * 3 * 3 * 3 and macs[second] == 16 * 16 * 64 * 8 * 3 * 3
+    assert share_before(model, layers[1].output) == pytest.approx((macs[first] + macs[second]) / sum(macs.values()))
+    data = _prepared(model, n=40, size=16)
+    chosen = []
+    for layer in layers:
+        runner = KernelDropRunner(model, layer, "image", "logits")
+        result = score_kernels(runner, data, batch_size=16, bootstrap=0)
+        other = "mask" if runner.mechanism == "sessions" else "sessions"
+        reference = score_kernels(
+            KernelDropRunner(model, layer, "image", "logits", mechanism=other), data, batch_size=16, bootstrap=0
+        )
+        assert _scores(result) == _scores(reference)
+        assert "estimated" in result.plan.mechanism_note
+        chosen.append(result.plan.mechanism)
+    assert chosen == ["sessions", "mask"]
+
+
+def _two_convs():
+    """image -> Conv 3->8 3x3 -> Relu -> Conv 8->64 3x3 -> Relu -> global pool -> Gemm (4 classes), 16 px."""
+    import tempfile
+    from pathlib import Path
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b1"),
+        numpy_helper.from_array(rng.normal(0, 0.3, (64, 8, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 64).astype(np.float32), "b2"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (4, 64)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(np.zeros(4, np.float32), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "two", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits,
+    )  # fmt: skip
+    path = Path(tempfile.mkdtemp()) / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path

@@ -248,7 +248,7 @@ def batch_expansion_point(proto: onnx.ModelProto, site: str, image_input: str) -
     return None
 
 
-def _shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+def tensor_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     """Shape of every tensor shape inference can tell (None for a dimension it cannot fix)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
@@ -264,7 +264,7 @@ def _shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
 
 def _ranks(proto: onnx.ModelProto) -> dict[str, int]:
     """Rank of every tensor shape inference can tell."""
-    return {name: len(shape) for name, shape in _shapes(proto).items()}
+    return {name: len(shape) for name, shape in tensor_shapes(proto).items()}
 
 
 def insert_kernel_mask(
@@ -339,7 +339,7 @@ def _insert_kernel_mask(
         np_type = onnx.helper.tensor_dtype_to_np_dtype(site.elem_type)
         factor = mask if site.elem_type == TensorProto.FLOAT else make("Cast", [mask], {"to": site.elem_type}, np_type)
         masked = make("Mul", [target_view, factor], dtype=np_type)
-    chw = _shapes(proto).get(site.tensor, ())[1:]
+    chw = tensor_shapes(proto).get(site.tensor, ())[1:]
     if len(chw) == 3 and all(d for d in chw):
         # A constant target keeps the site's C, H, W known to onnxruntime after the fork: it can then keep
         # its blocked layout and its fusions (Conv + Add + ReLU) on the V·N batch (measured: 1.32x -> 1.15x
