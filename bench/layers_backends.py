@@ -209,37 +209,11 @@ def _resnet50_projection(images: int = 10_000, batch: int = 8) -> dict:
 
 
 def _resnet50():
-    """torchvision's ResNet-50 shape (bottlenecks 3-4-6-3, widths 64-128-256-512, expansion 4), written here."""
-    import torch
-    from torch import nn
+    """torchvision's ResNet-50 shape (bottlenecks 3-4-6-3, widths 64-128-256-512), from tests/imagenet_shapes.py."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from imagenet_shapes import resnet50
 
-    class Bottleneck(nn.Module):
-        def __init__(self, inp: int, width: int, stride: int) -> None:
-            super().__init__()
-            out = 4 * width
-            self.body = nn.Sequential(
-                nn.Conv2d(inp, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.Conv2d(width, out, 1, bias=False), nn.BatchNorm2d(out),
-            )  # fmt: skip
-            self.down = (
-                nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-                if stride != 1 or inp != out
-                else nn.Identity()
-            )
-
-        def forward(self, x):
-            return torch.relu(self.body(x) + self.down(x))
-
-    blocks: list[nn.Module] = [
-        nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
-    ]  # fmt: skip
-    inp = 64
-    for width, count, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-        for i in range(count):
-            blocks.append(Bottleneck(inp, width, stride if i == 0 else 1))
-            inp = 4 * width
-    return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inp, 1000))
+    return resnet50()
 
 
 if __name__ == "__main__":
