@@ -172,6 +172,7 @@ class KernelDropRunner:
         self.mechanism_costs: dict[str, float] | None = None  # what the probe measured (wall-clock figures)
         self._mechanism_chosen = False
         self._dropper: WeightDropper | None = None
+        self._plain: onnx.ModelProto | None = None  # the model restricted to ``output``, when it has others
         self._variant: tuple[bytes, object] | None = None  # (mask row, session) of the last variant run
         self.sessions_built = 0  # variant sessions built by the ``sessions`` mechanism
         if mechanism != "auto":
@@ -318,16 +319,17 @@ class KernelDropRunner:
         return variants * (build + images * session_s) < variants * images * mask_s
 
     def _plain_model(self) -> onnx.ModelProto:
-        """The batch-ready model with only the scored output (what each variant session runs)."""
+        """The batch-ready model with only the scored output (what each variant session runs), copied once."""
         proto = self.batching.proto
         if [o.name for o in proto.graph.output] == [self.output]:
             return proto
-        model = onnx.ModelProto()
-        model.CopyFrom(proto)
-        wanted = [o for o in model.graph.output if o.name == self.output]
-        del model.graph.output[:]
-        model.graph.output.extend(wanted)
-        return model
+        if self._plain is None:
+            self._plain = onnx.ModelProto()
+            self._plain.CopyFrom(proto)
+            wanted = [o for o in self._plain.graph.output if o.name == self.output]
+            del self._plain.graph.output[:]
+            self._plain.graph.output.extend(wanted)
+        return self._plain
 
     def _plain_run(self, session, x: np.ndarray) -> np.ndarray:
         self.session_runs += 1

@@ -15,6 +15,13 @@ def _scaled(channels: int, width: float) -> int:
     return max(8, round(channels * width / 8) * 8)
 
 
+def _shortcut(inp: int, out: int, stride: int) -> nn.Module:
+    """Identity, or a strided 1 x 1 projection where the block changes the shape."""
+    if stride == 1 and inp == out:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+
 class _Basic(nn.Module):
     def __init__(self, inp: int, out: int, stride: int) -> None:
         super().__init__()
@@ -22,11 +29,7 @@ class _Basic(nn.Module):
             nn.Conv2d(inp, out, 3, stride, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
             nn.Conv2d(out, out, 3, 1, 1, bias=False), nn.BatchNorm2d(out),
         )  # fmt: skip
-        self.down = (
-            nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-            if stride != 1 or inp != out
-            else nn.Identity()
-        )
+        self.down = _shortcut(inp, out, stride)
 
     def forward(self, x):
         return torch.relu(self.body(x) + self.down(x))
@@ -41,11 +44,7 @@ class _Bottleneck(nn.Module):
             nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
             nn.Conv2d(width, out, 1, bias=False), nn.BatchNorm2d(out),
         )  # fmt: skip
-        self.down = (
-            nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-            if stride != 1 or inp != out
-            else nn.Identity()
-        )
+        self.down = _shortcut(inp, out, stride)
 
     def forward(self, x):
         return torch.relu(self.body(x) + self.down(x))

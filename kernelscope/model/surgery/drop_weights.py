@@ -21,7 +21,7 @@ from onnx import numpy_helper
 from kernelscope.errors import ModelError
 from kernelscope.model.first_conv import CONV_OPS, ConvLayer
 from kernelscope.model.graph import GraphIndex, NotConstant, constant_value
-from kernelscope.model.surgery.replace_weight import _set_tensor, replace_conv_weight
+from kernelscope.model.surgery.replace_weight import replace_conv_weight, set_tensor
 
 #: Largest model whose variants are built in memory (protobuf's 2 GB limit, with a margin).
 MAX_BYTES = 1_900_000_000
@@ -49,7 +49,7 @@ def _zero_bias(proto: onnx.ModelProto, layer: ConvLayer) -> None:
     except NotConstant:
         raise ModelError(f"the bias of {layer.name!r} is computed at run time") from None
     stored = constant_value(index, source.stored_name)[0]
-    _set_tensor(proto, index, source.stored_name, np.zeros_like(stored))
+    set_tensor(proto, index, source.stored_name, np.zeros_like(stored))
     # A dequantized bias is zero only where its stored integer equals the zero point (0 for int32 biases).
     if source.dequantize_node is not None and np.any(
         constant_value(GraphIndex.build(proto.graph), node.input[position])[0]
@@ -132,5 +132,5 @@ class WeightDropper:
                 old, new = numpy_helper.to_array(kept[name]), numpy_helper.to_array(tensor)
                 rows = old.reshape(self.channels, -1).copy()
                 rows[~keep] = new.reshape(self.channels, -1)[~keep]
-                _set_tensor(model, index, name, rows.reshape(old.shape))
+                set_tensor(model, index, name, rows.reshape(old.shape))
         return model

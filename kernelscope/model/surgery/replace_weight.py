@@ -30,7 +30,7 @@ def _quantize(values: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, ax
     return np.clip(np.rint(values / scale) + zero_f, info.min, info.max).astype(dtype)
 
 
-def _set_tensor(proto: onnx.ModelProto, index: GraphIndex, name: str, value: np.ndarray) -> None:
+def set_tensor(proto: onnx.ModelProto, index: GraphIndex, name: str, value: np.ndarray) -> None:
     """Overwrite the stored tensor ``name`` (initializer or Constant node output) with ``value``."""
     if name in index.initializers:
         for tensor in proto.graph.initializer:
@@ -75,7 +75,7 @@ def replace_conv_weight(proto: onnx.ModelProto, layer: ConvLayer, weight: np.nda
             stored = constant_value(index, name)[0]
             if np.issubdtype(stored.dtype, np.integer) and not np.issubdtype(np.asarray(values).dtype, np.integer):
                 raise ModelError(f"cannot store float weights in the integer tensor {name!r} without its quantization")
-            _set_tensor(model, index, name, np.asarray(values).reshape(stored.shape).astype(stored.dtype))
+            set_tensor(model, index, name, np.asarray(values).reshape(stored.shape).astype(stored.dtype))
             return model
         producer = index.node(index.producer[name])
         source = producer.input[0]
