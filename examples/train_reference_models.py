@@ -5,6 +5,11 @@
   (Pravin et al., ICANN 2021) compares ResNets trained for 10, 50 and 100 epochs; a 2-core CPU cannot do
   that, so the lengths are scaled by 1/10, keeping their 1 : 5 : 10 ratio. Each length is its own run with
   its own OneCycle schedule, from the same seed (same initial weights, same data order).
+* ``cifar10_stem224``: a 224-px network with an ImageNet-style first layer (7 x 7 / stride-2 Conv with 64
+  kernels, 3 x 3 / stride-2 max-pool, then two stride-2 3 x 3 Conv/BN/ReLU layers, global average pooling,
+  linear), trained for 2 epochs on 20,000 CIFAR-10 training photos brought to 224 px by the standard
+  evaluation transform (shorter side to 256, centre crop 224) -- the images kernelscope gives it with
+  ``--resize 256 --crop 224``. It is what issue 15's 224-px runs of inspect, harden and neurons use.
 * ``mnist_cnn``: a small MNIST CNN trained on the 14,000 MNIST training images in ``../shared/data/mnist``,
   with a 64-unit ReLU hidden layer before the classifier (the features ``kernelscope neurons`` studies).
 
@@ -29,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from training_common import (
     CIFAR10,
+    CIFAR10_224,
     MNIST,
     SHARED_DATA,
     DataSpec,
@@ -50,6 +57,8 @@ from training_common import (
 DEFAULT_OUT = Path(__file__).resolve().parent / "models"
 RESNET_EPOCHS = (1, 5, 10)
 MNIST_EPOCHS = 8
+STEM224_EPOCHS = 2
+STEM224_TRAIN_IMAGES = 20_000
 
 
 class BasicBlock(nn.Module):
@@ -88,6 +97,27 @@ class ResNet8(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a normalized NCHW batch."""
         return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
+
+
+class Stem224Net(nn.Module):
+    """conv7x7/2(3->64)+BN+ReLU, maxpool3/2, conv3x3/2(64->128)+BN+ReLU, conv3x3/2(128->256)+BN+ReLU, GAP,
+    linear(256->10): ResNet's ImageNet stem (the layer kernelscope audits) on a small body, so 224-px images
+    cost about 0.23 G multiply-accumulates each."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, kernel: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, kernel, 2, kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.stem = nn.Sequential(*block(3, 64, 7), nn.MaxPool2d(3, 2, 1))
+        self.body = nn.Sequential(*block(64, 128, 3), *block(128, 256, 3))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(256, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a normalized NCHW batch."""
+        return self.fc(torch.flatten(self.pool(self.body(self.stem(x))), 1))
 
 
 class MnistCNN(nn.Module):
@@ -135,23 +165,37 @@ def build_and_save(
 
 def main(argv: list[str] | None = None) -> int:
     """Train the models named by ``--only`` (default: all)."""
-    names = [f"cifar10_resnet8_e{e}" for e in RESNET_EPOCHS] + ["mnist_cnn"]
+    names = [f"cifar10_resnet8_e{e}" for e in RESNET_EPOCHS] + ["mnist_cnn", "cifar10_stem224"]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA, help="folder holding cifar10-jpg/ and mnist/")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the model files go")
     parser.add_argument("--only", nargs="+", choices=names, default=names, help="train only these models")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 trains faster on a busy machine)")
+    parser.add_argument("--limit-batches", type=int, default=0, help="stop each epoch after this many (smoke runs)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    wanted_resnets = [n for n in args.only if n.startswith("cifar10_")]
-    if wanted_resnets:
+    wanted_resnets = [n for n in args.only if n.startswith("cifar10_resnet8")]
+    if wanted_resnets or "cifar10_stem224" in args.only:
         cifar = args.data_dir / "cifar10-jpg"
         train_data, test_data = load_cifar_tar(cifar / "train.tar"), load_cifar_tar(cifar / "test.tar")
         for name in wanted_resnets:
             epochs = int(name.rsplit("_e", 1)[1])
             config = TrainConfig(epochs=epochs, seed=args.seed, threads=args.threads)
             build_and_save(name, ResNet8, CIFAR10, train_data, test_data, config, args.out)
+        if "cifar10_stem224" in args.only:
+            # A seeded subset: every 224-px image costs about 50 times a 32-px one on these cores.
+            subset = np.random.default_rng(args.seed).permutation(len(train_data[0]))[:STEM224_TRAIN_IMAGES]
+            subset.sort()
+            config = TrainConfig(
+                epochs=STEM224_EPOCHS,
+                seed=args.seed,
+                threads=args.threads,
+                limit_batches=args.limit_batches,
+                eval_each_epoch=False,  # 10,000 test images at 224 px take minutes: measured once at the end
+            )
+            small = (train_data[0][subset], train_data[1][subset])
+            build_and_save("cifar10_stem224", Stem224Net, CIFAR10_224, small, test_data, config, args.out)
     if "mnist_cnn" in args.only:
         mnist = args.data_dir / "mnist"
         train_data = load_idx(

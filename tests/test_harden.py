@@ -95,6 +95,7 @@ def test_forced_noise_on_the_example_writes_the_exact_transform(tmp_path, capsys
     doc = json.loads(report.read_text())
     h = doc["harden"]
     assert h["forced"] is True and h["noise_level"] == 0.05 and h["written"] == str(out)
+    assert doc["devices"] == {"onnxruntime": "cpu", "torch": "cpu"}
     assert doc["fragile"] and doc["null"]
     original, hardened = onnx.load(str(MODEL)), onnx.load(str(out))
     conv = next(n for n in original.graph.node if n.op_type == "Conv")

@@ -385,10 +385,13 @@ def test_neurons_command_json_contract(capsys, tmp_path):
     assert (attack["epsilon"], attack["norm"], attack["steps"], attack["lambda"]) == (0.5, "l2", 3, 10.0)
     assert len(attack["success_rate"]) == 3 and all(0 <= r <= 1 for r in attack["success_rate"])
     assert set(n["pgd"]) >= {"success_rate", "epsilon", "norm", "steps"} and n["pgd"]["images"] == 30
+    assert doc["devices"] == {"onnxruntime": "cpu", "torch": "cpu"}
+    assert "devices: onnxruntime cpu, torch cpu" in out
     code = main([str(a) for a in ["neurons", model, "-d", data, "--no-attack", "--json", report, "--force", "-q"]])
     assert code == 0
     doc = json.loads(report.read_text())
     assert doc["neurons"]["single_neuron_attack"] is None and doc["neurons"]["pgd"] is None
+    assert doc["devices"] == {"onnxruntime": "cpu", "torch": None}  # no attack: torch never ran
 
 
 def test_neurons_html_page(capsys, tmp_path):

@@ -258,9 +258,7 @@ def render_inspect(console: Console, report: InspectReport, top: int | None = No
         )
     if report.fast is not None:
         console.print(f"{report.fast.method} scoring took {report.fast.seconds:.2f} s", style="dim", markup=False)
-    used = [f"{side} {where}" for side, where in report.devices.items() if where]
-    if used:
-        console.print(f"devices: {', '.join(used)}", style="dim", markup=False)
+    render_devices(console, report.devices)
     if report.layers is not None:
         console.print()
         console.print(layers_table(report))
@@ -343,6 +341,7 @@ def render_harden(console: Console, report: HardenReport, quiet: bool = False) -
                     f"{report.audit_epsilon:g} within a {100 * report.clean_budget:g}-point clean budget",
                 ),
                 ("attacks", report.attacks),
+                ("devices", ", ".join(f"{side} {where}" for side, where in report.devices.items() if where)),
             ],
         )
     )
@@ -520,6 +519,13 @@ def neurons_tables(report: NeuronsReport, top: int = 10) -> list[Table]:
     return tables
 
 
+def render_devices(console: Console, devices: dict[str, str | None]) -> None:
+    """One dim line naming where each side ran, e.g. "devices: onnxruntime cpu, torch cuda"."""
+    used = [f"{side} {where}" for side, where in devices.items() if where]
+    if used:
+        console.print(f"devices: {', '.join(used)}", style="dim", markup=False)
+
+
 def render_neurons(console: Console, report: NeuronsReport, top: int = 10, quiet: bool = False) -> None:
     """Print the ``neurons`` report."""
     if quiet:
@@ -531,6 +537,7 @@ def render_neurons(console: Console, report: NeuronsReport, top: int = 10, quiet
     for table in neurons_tables(report, top):
         console.print()
         console.print(table)
+    render_devices(console, report.devices)
     body = [Text(report.verdict)]
     body += [Text(f"⚠ {warning}", style="yellow") for warning in report.warnings]
     console.print(Panel(Group(*body), title="Verdict", title_align="left"))

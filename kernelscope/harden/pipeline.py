@@ -34,7 +34,7 @@ from kernelscope.attacks.sweep import EpsilonAccuracy, EpsilonTargeting, check_e
 from kernelscope.audit import AuditInputs, InspectConfig, _check_labels, load_audit_inputs
 from kernelscope.data import load_dataset
 from kernelscope.data.preprocessing import PreparedData, select_examples
-from kernelscope.devices import torch_device
+from kernelscope.devices import onnxruntime_device, torch_device
 from kernelscope.errors import UsageError
 from kernelscope.evaluation import OnnxEvaluator
 from kernelscope.harden.evaluate import (
@@ -148,6 +148,7 @@ class HardenReport:
     timings: dict[str, float] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
     method: str = "svd"
+    devices: dict[str, str | None] = field(default_factory=dict)  # onnxruntime / torch: "cpu" or "cuda"
     original_validation_worst: float | None = None
     change: RobustnessChange | None = None  # held-out after − before, paired, per attack
     confirmed: bool | None = None  # the held-out images confirm the validation pick (None: nothing chosen)
@@ -417,6 +418,7 @@ def harden_model(
         changed_initializers=changed,
         attacks=held_out_suite.describe(),
         clean_budget=config.clean_budget,
+        devices={"onnxruntime": onnxruntime_device(original.evaluator.session), "torch": original.prepared.device},
     )
     report.warnings.extend(original_val.warnings)
     if after is not None:

@@ -18,7 +18,7 @@ from kernelscope import __version__
 from kernelscope.attacks.pgd import NORMS
 from kernelscope.audit import DataSummary, InspectConfig, ModelSummary, load_model_and_data
 from kernelscope.data.preprocessing import PreparedData, Preprocessing
-from kernelscope.devices import torch_device
+from kernelscope.devices import onnxruntime_device, torch_device
 from kernelscope.errors import ModelError, UsageError
 from kernelscope.model.batching import Batching, run_outputs
 from kernelscope.model.linear_head import LinearHead, find_linear_head
@@ -84,6 +84,7 @@ class NeuronsReport:
     warnings: list[str]
     verdict: str
     timings: dict[str, float]
+    devices: dict[str, str | None] = field(default_factory=dict)  # onnxruntime / torch: "cpu", "cuda" or None
 
 
 class DeployedHead:
@@ -196,7 +197,7 @@ def analyse_neurons(
     sensitivity = neuron_sensitivity(features, head.weight, head.bias, relu=head.relu_features)
     timings["sensitivity"] = time.perf_counter() - clock
 
-    mirror_check = single = comparison = None
+    mirror_check = single = comparison = prepared = None
     feature_diff = None
     if config.attack:
         clock = time.perf_counter()
@@ -253,6 +254,10 @@ def analyse_neurons(
         warnings=[],
         verdict="",
         timings=timings,
+        devices={
+            "onnxruntime": onnxruntime_device(deployed.session),
+            "torch": prepared.device if prepared is not None else None,
+        },
     )
     report.warnings = _warnings(report)
     report.verdict = _verdict(report)

@@ -416,6 +416,7 @@ def harden_to_dict(report: HardenReport, config: InspectConfig, *, include_timin
             "files": report.written,
             "torchscript": _torchscript_write(report.torchscript_write),
         },
+        "devices": report.devices,
         "warnings": report.warnings,
         "verdict": report.verdict,
     }
@@ -597,6 +598,7 @@ def neurons_to_dict(report: NeuronsReport, config: InspectConfig, *, include_tim
             "images": mirror.images,
             "first_divergence": mirror.first_divergence,
         },
+        "devices": report.devices,
         "warnings": report.warnings,
         "verdict": report.verdict,
     }
