@@ -28,9 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg" / "test.tar"
+#: CIFAR-10 folder -> a close ImageNet class (airliner, beach wagon, house finch, tabby, hartebeest, golden
+#: retriever, tree frog, sorrel, container ship, trailer truck); the weights are random, so only the shape
+#: of the labels matters here
+IMAGENET_INDEX = {"airplane": 404, "automobile": 436, "bird": 12, "cat": 281, "deer": 351, "dog": 207, "frog": 31,
+                  "horse": 339, "ship": 510, "truck": 867}  # fmt: skip
 
 
-def _child(model: str, data: str, images: int) -> dict:
+def _child(model: str, data: str, images: int, classes: str) -> dict:
     import numpy as np
 
     from kernelscope.audit import InspectConfig, load_audit_inputs
@@ -44,6 +49,7 @@ def _child(model: str, data: str, images: int) -> dict:
         limit=images,
         bootstrap=0,
         preprocessing=PreprocessingOptions(resize=256, crop=224, preset="imagenet"),
+        class_index=Path(classes),
     )
     inputs = load_audit_inputs(Path(model), config)
     loaded = time.perf_counter() - started
@@ -75,10 +81,10 @@ def main() -> int:
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--images", default="500,5000")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(args.child[0], args.child[1], int(args.child[2]))))
+        print(json.dumps(_child(args.child[0], args.child[1], int(args.child[2]), args.child[3])))
         return 0
     sys.path.insert(0, str(ROOT / "tests"))
     import torch
@@ -89,9 +95,12 @@ def main() -> int:
         model = Path(tmp) / "resnet50.onnx"
         torch.manual_seed(0)
         export(resnet50(), model)
+        # The photos' ten folders as ImageNet classes (--classes FILE, a partial index: the 1,000 outputs stay).
+        classes = Path(tmp) / "classes.json"
+        classes.write_text(json.dumps(IMAGENET_INDEX))
         for n in (int(v) for v in args.images.split(",")):
             out = subprocess.run(
-                [sys.executable, __file__, "--child", str(model), args.data, str(n)],
+                [sys.executable, __file__, "--child", str(model), args.data, str(n), str(classes)],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             row = json.loads(out.stdout.strip().splitlines()[-1])

@@ -20,7 +20,7 @@ from kernelscope.data.sources import load_dataset
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "examples" / "models"
 SAMPLE = ROOT / "examples" / "data" / "cifar10-sample"
-REFERENCE = ["cifar10_resnet8_e1", "cifar10_resnet8_e5", "cifar10_resnet8_e10", "mnist_cnn"]
+REFERENCE = ["cifar10_resnet8_e1", "cifar10_resnet8_e5", "cifar10_resnet8_e10", "mnist_cnn", "cifar10_stem224"]
 
 
 def _normalize(images: np.ndarray, preprocessing: dict) -> np.ndarray:
@@ -76,3 +76,21 @@ def test_kernelscope_finds_the_stem_convolution(stem):
     assert layer.op_type == "Conv"
     assert layer.weight.shape[0] == (32 if stem.startswith("cifar10") else 16)
     assert layer.weight.shape[1] == (3 if stem.startswith("cifar10") else 1)
+
+
+def test_the_224_px_model_reads_upscaled_photos_as_it_was_trained():
+    """cifar10_stem224 through kernelscope's --resize 256 --crop 224: its ImageNet-style first layer is found,
+    and on 200 sample photos it is far above chance (44.7 % on the full test set when it was trained)."""
+    from kernelscope.audit import InspectConfig, load_audit_inputs
+    from kernelscope.data.preprocessing import PreprocessingOptions
+
+    config = InspectConfig(
+        data=str(SAMPLE), limit=200, bootstrap=0, preprocessing=PreprocessingOptions(resize=256, crop=224)
+    )
+    inputs = load_audit_inputs(MODELS / "cifar10_stem224.onnx", config)
+    layer = inputs.layer
+    assert (layer.out_channels, list(layer.weight.shape[2:]), tuple(layer.strides)) == (64, [7, 7], (2, 2))
+    session = ort.InferenceSession(str(MODELS / "cifar10_stem224.onnx"), providers=["CPUExecutionProvider"])
+    predicted = np.concatenate([session.run(None, {"input": x})[0].argmax(1) for x, _ in inputs.data.batches(50)])
+    assert predicted.shape == (200,)
+    assert np.mean(predicted == inputs.data.labels) > 0.3  # chance: 0.1

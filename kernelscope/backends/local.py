@@ -42,10 +42,15 @@ class LocalBackend:
             by_shard.setdefault(task.shard, []).append(task)
         with progress.task(description, total=sum(t.evaluations for t in tasks)) as bar:
             if getattr(runner, "variant_major", False):
-                for block in _blocks(data.batches(batch_size)):
+                blocks = _blocks(data.batches(batch_size))
+                block = next(blocks, None)
+                while block is not None:
                     for task in (t for t in tasks if t.shard in block):
                         preds[task.group, task.start : task.stop] = runner.predict(block[task.shard], masks[task.group])
                         bar.advance(task.evaluations)
+                    # Let go of this block before the next is decoded: a for loop would hold both at once.
+                    block = None
+                    block = next(blocks, None)
                 return preds, runner.session_runs - runs_before
             for shard, (x, _) in enumerate(data.batches(batch_size)):
                 for task in by_shard.get(shard, ()):
