@@ -28,11 +28,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "cifar10-jpg" / "test.tar"
-#: CIFAR-10 folder -> a close ImageNet class (airliner, beach wagon, house finch, tabby, hartebeest, golden
-#: retriever, tree frog, sorrel, container ship, trailer truck); the weights are random, so only the shape
-#: of the labels matters here
-IMAGENET_INDEX = {"airplane": 404, "automobile": 436, "bird": 12, "cat": 281, "deer": 351, "dog": 207, "frog": 31,
-                  "horse": 339, "ship": 510, "truck": 867}  # fmt: skip
 
 
 def _child(model: str, data: str, images: int, classes: str) -> dict:
@@ -88,7 +83,7 @@ def main() -> int:
         return 0
     sys.path.insert(0, str(ROOT / "tests"))
     import torch
-    from imagenet_shapes import export, resnet50
+    from imagenet_shapes import CIFAR10_AS_IMAGENET, export, resnet50
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +92,7 @@ def main() -> int:
         export(resnet50(), model)
         # The photos' ten folders as ImageNet classes (--classes FILE, a partial index: the 1,000 outputs stay).
         classes = Path(tmp) / "classes.json"
-        classes.write_text(json.dumps(IMAGENET_INDEX))
+        classes.write_text(json.dumps(CIFAR10_AS_IMAGENET))
         for n in (int(v) for v in args.images.split(",")):
             out = subprocess.run(
                 [sys.executable, __file__, "--child", str(model), args.data, str(n), str(classes)],

@@ -22,7 +22,7 @@ The GPU-scale set-up of the paper (ResNet-18/50/101, 10/50/100 epochs) is ``gpu_
 
 Example (from the repository root)::
 
-    python examples/train_reference_models.py                 # all four models, ~25 min on 2 cores
+    python examples/train_reference_models.py                 # all five models, ~50 min on 2 cores
     python examples/train_reference_models.py --only mnist_cnn
 """
 

@@ -341,7 +341,7 @@ def render_harden(console: Console, report: HardenReport, quiet: bool = False) -
                     f"{report.audit_epsilon:g} within a {100 * report.clean_budget:g}-point clean budget",
                 ),
                 ("attacks", report.attacks),
-                ("devices", ", ".join(f"{side} {where}" for side, where in report.devices.items() if where)),
+                ("devices", devices_text(report.devices)),
             ],
         )
     )
@@ -519,11 +519,15 @@ def neurons_tables(report: NeuronsReport, top: int = 10) -> list[Table]:
     return tables
 
 
+def devices_text(devices: dict[str, str | None]) -> str:
+    """Where each side ran, e.g. "onnxruntime cpu, torch cuda" (sides that did not run left out)."""
+    return ", ".join(f"{side} {where}" for side, where in devices.items() if where)
+
+
 def render_devices(console: Console, devices: dict[str, str | None]) -> None:
     """One dim line naming where each side ran, e.g. "devices: onnxruntime cpu, torch cuda"."""
-    used = [f"{side} {where}" for side, where in devices.items() if where]
-    if used:
-        console.print(f"devices: {', '.join(used)}", style="dim", markup=False)
+    if text := devices_text(devices):
+        console.print(f"devices: {text}", style="dim", markup=False)
 
 
 def render_neurons(console: Console, report: NeuronsReport, top: int = 10, quiet: bool = False) -> None:
