@@ -596,7 +596,10 @@ def _fast_note(fast: FastScoring) -> str:
     what = (
         "a first-order Taylor ESTIMATE (no kernel was dropped for real)"
         if fast.method == "taylor"
-        else f"a hybrid: Taylor screening, {len(fast.exact_kernels)} kernel(s) scored exactly, the others estimated"
+        else (
+            f"a hybrid: Taylor screening on {fast.screened_images} images, {len(fast.exact_kernels)} kernel(s) "
+            f"scored exactly on all {fast.n_images}, the others estimated"
+        )
     )
     text = f"S / S' come from {what}"
     if fast.agreement is not None:

@@ -120,7 +120,7 @@ def score_layer(
     if method != "exact":
         fast = fast_score(
             method, runner, data, batch_size=batch_size, run_size=run_size, loss=loss, progress=progress,
-            backend=backend,
+            backend=backend, seed=seed,
         )  # fmt: skip
         if scoring is not None:
             fast = with_agreement(fast, [k.accuracy for k in scoring.kernels], scoring.fragile)

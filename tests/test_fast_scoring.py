@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from kernelscope.audit import InspectConfig, inspect_model
 from kernelscope.cli.app import main
 
@@ -51,3 +53,81 @@ def test_min_accuracy_gate_with_taylor_needs_a_clean_accuracy(capsys):
     assert main([*base, "0.99", "--eps", "0.01"]) == 1  # the attack's clean run gives the baseline
     assert main([*base, "0.1", "--no-attack"]) == 2
     assert "needs a clean accuracy" in capsys.readouterr().err
+
+
+def test_calibration_error_is_the_leave_one_out_error_of_the_better_fit():
+    import numpy as np
+
+    from kernelscope.fast_scoring import _calibrate
+
+    rng = np.random.default_rng(3)
+    importance = rng.uniform(0.0, 1.0, 20)
+    accuracy = 0.9 - 0.5 * importance**2 + rng.normal(0, 0.01, 20)  # convex: a parabola fits, a line does not
+    known = list(range(0, 20, 2))
+    predicted, error = _calibrate(importance, {k: float(accuracy[k]) for k in known})
+
+    def loo(degree: int) -> float:  # refit without each point in turn: the direct computation
+        x, y = importance[known], accuracy[known]
+        misses = [y[i] - np.polyval(np.polyfit(np.delete(x, i), np.delete(y, i), degree), x[i]) for i in range(len(x))]
+        return float(np.sqrt(np.mean(np.square(misses))))
+
+    assert loo(2) < loo(1)
+    assert error == pytest.approx(loo(2), rel=1e-9)
+    assert [predicted[k] for k in known] == [accuracy[k] for k in known]  # exact where scored
+    unscored = [k for k in range(20) if k not in known]
+    assert np.abs(predicted[unscored] - accuracy[unscored]).max() < 5 * error
+
+
+def _stubbed_hybrid(monkeypatch, importance, truth):
+    """The hybrid on a stub model whose kernel k, dropped, leaves accuracy ``truth[k]``; returns the result
+    and the number of kernels each exact round scored."""
+    import numpy as np
+
+    import kernelscope.fast_scoring as fast
+
+    n = 2000
+
+    class Data:
+        labels = np.zeros(n, dtype=np.int64)
+
+        def __len__(self) -> int:
+            return n
+
+    rounds = []
+
+    def predict_variants(runner, data, masks, **_):
+        rounds.append(len(masks) - 1)
+        dropped = [int(np.flatnonzero(row == 0)[0]) if (row == 0).any() else None for row in masks]
+        accuracy = [0.9 if k is None else truth[k] for k in dropped]
+        return np.array([np.where(np.arange(n) < round(a * n), 0, 1) for a in accuracy]), None
+
+    monkeypatch.setattr(fast, "taylor_estimate", lambda *a, **k: fast.TaylorEstimate(importance, [], [], n, 0.0))
+    monkeypatch.setattr(fast, "predict_variants", predict_variants)
+    runner = type("Runner", (), {"channels": len(importance)})()
+    result = fast.hybrid_split(runner, Data(), screen_images=n)  # the screen is the stubbed estimate
+    exact = np.round(np.asarray(truth) * n) / n
+    assert result.fragile == [k for k in range(len(truth)) if exact[k] < exact.mean()]  # each on its true side
+    return result, rounds
+
+
+def test_hybrid_settles_clear_kernels_without_scoring_them(monkeypatch):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    importance = np.concatenate([rng.uniform(0.6, 1.0, 8), rng.uniform(0.0, 0.05, 56)])
+    truth = np.clip(0.9 - 0.6 * importance + rng.normal(0, 0.004, 64), 0, 1)
+    result, rounds = _stubbed_hybrid(monkeypatch, importance, truth)
+    assert len(result.exact_kernels) < 32  # measured: 19 of 64, in rounds of 8, 8, 3
+
+
+def test_hybrid_rounds_double_when_every_kernel_is_in_doubt(monkeypatch):
+    """Kernels crowded around the mean: all are scored, in rounds that double (8, 8, 16, 32), so the network
+    before the variants' fork runs 4 times, not 8."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    importance = rng.uniform(0.0, 1.0, 64)
+    truth = 0.9 - 0.02 * importance + rng.normal(0, 0.01, 64)
+    result, rounds = _stubbed_hybrid(monkeypatch, importance, truth)
+    assert result.exact_kernels == list(range(64))
+    assert rounds == [8, 8, 16, 32]

@@ -250,6 +250,7 @@ def _estimate(fast: FastScoring | None) -> dict[str, Any] | None:
         "method": fast.method,
         "is_estimate": True,
         "exact_kernels": fast.exact_kernels,
+        "screened_images": fast.screened_images,
         "seconds": fast.seconds,
         "agreement_with_exact": None
         if agreement is None
