@@ -1,4 +1,4 @@
-"""Run public MNIST / CIFAR-10 classifiers (ONNX and TorchScript) through inspect, harden and neurons.
+"""Run public MNIST / CIFAR-10 / ImageNet classifiers (ONNX and TorchScript) through inspect, harden and neurons.
 
     python bench/public_models.py                        # every model in the manifest, 300 images each
     python bench/public_models.py --only zoo_mnist_8,oval21_base --limit 100
@@ -12,6 +12,15 @@ baseline accuracy, mirror parity and, on failure, the first line of the error. N
 baseline, an independent one: the same images (own idx / tar readers, the same seeded subset rule as
 ``--limit``), the manifest's preprocessing, plain onnxruntime (or torch for TorchScript) and argmax.
 The table is also written as Markdown (``--results``, updated after every model).
+
+ImageNet classifiers (``"data": "imagenet-proxy"``) have no ImageNet data here: they get the CIFAR-10 test
+photos upscaled as torchvision evaluates ImageNet (``--resize 256 --crop 224``, the manifest's ``resize`` /
+``crop``) and a partial ``--classes`` index mapping the ten CIFAR folders to one ImageNet class each
+(``CIFAR10_AS_IMAGENET`` of ``tests/imagenet_shapes.py``). Their accuracy is NOT a meaningful ImageNet
+accuracy (32-px photos blown up, ten classes out of 1,000, one index each): those rows are a run check —
+the file parses, the mirror matches onnxruntime, kernels are scored, the attacks run — and the independent
+baseline checks that kernelscope's images and labels are the ones the script builds. They run on fewer
+images (the manifest's ``max_limit`` / ``max_neurons_limit``, at most ``--limit`` / ``--neurons-limit``).
 """
 
 from __future__ import annotations
@@ -32,6 +41,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
+CIFAR_TAR = DATA / "cifar10-jpg" / "test.tar"
+IMAGENET_PROXY = "imagenet-proxy"  # CIFAR-10 test photos, upscaled, labelled with ImageNet indices
 COMMANDS = ("inspect", "harden", "neurons")
 
 # Preprocessing guesses tried by --probe: (name, scale, mean, std) on 0..255 pixels.
@@ -45,6 +56,8 @@ PROBES = [
     ("oval", 1 / 255, [0.485, 0.456, 0.406], [0.225, 0.225, 0.225]),
     ("imagenet", 1 / 255, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
 ]
+# The manifest's "preset" (kernelscope's --preset), for the independent baseline: scale, mean and std.
+PRESETS = {name: {"scale": scale, "mean": mean, "std": std} for name, scale, mean, std in PROBES}
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -61,7 +74,7 @@ def read_mnist(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def read_cifar_tar(archive: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_tar(archive: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A tar of ``<class>/<file>.jpg``: classes and files in sorted order (the folder convention)."""
     from PIL import Image
 
@@ -75,24 +88,68 @@ def read_cifar_tar(archive: Path) -> tuple[np.ndarray, np.ndarray]:
     keys = sorted(members)
     images = np.stack([np.asarray(Image.open(io.BytesIO(members[k])).convert("RGB")) for k in keys])
     labels = np.array([classes.index(cls) for cls, _ in keys], dtype=np.int64)
-    return images, labels
+    return images, labels, classes
 
 
-def load_images(data: str, limit: int, seed: int, cache: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The seeded subset ``--limit`` takes: sort(permutation(N, seed)[:limit])."""
-    if data not in cache:
-        cache[data] = read_mnist(DATA / "mnist") if data == "mnist" else read_cifar_tar(DATA / "cifar10-jpg/test.tar")
-    images, labels = cache[data]
+def cifar10_as_imagenet() -> dict[str, int]:
+    """The ten CIFAR-10 folders as ImageNet indices, from the one place the project keeps them."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    try:
+        from imagenet_shapes import CIFAR10_AS_IMAGENET
+    finally:
+        sys.path.remove(str(ROOT / "tests"))
+    return dict(CIFAR10_AS_IMAGENET)
+
+
+def resize_crop(images: np.ndarray, resize: int | None, crop: int | None) -> np.ndarray:
+    """torchvision's Resize(resize) + CenterCrop(crop) on PIL images (bilinear, shorter side to ``resize``)."""
+    from PIL import Image
+
+    out = []
+    for image in images:
+        pil = Image.fromarray(image)
+        if resize:
+            w, h = pil.size
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = resize, int(resize * long / short)
+            pil = pil.resize((new_short, new_long) if w <= h else (new_long, new_short), Image.BILINEAR)
+        if crop:
+            w, h = pil.size
+            top, left = round((h - crop) / 2.0), round((w - crop) / 2.0)
+            pil = pil.crop((left, top, left + crop, top + crop))
+        out.append(np.asarray(pil))
+    return np.stack(out)
+
+
+def load_images(entry: dict, limit: int, seed: int, cache: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded subset ``--limit`` takes: sort(permutation(N, seed)[:limit]) (then, for ImageNet models,
+    upscaled and cropped, and labelled with the ImageNet index of each CIFAR-10 folder)."""
+    data = entry["data"]
+    source = "mnist" if data == "mnist" else "cifar10"
+    if source not in cache:
+        cache[source] = (*read_mnist(DATA / "mnist"), None) if source == "mnist" else read_cifar_tar(CIFAR_TAR)
+    images, labels, classes = cache[source]
     if limit < len(labels):
         chosen = np.sort(np.random.default_rng(seed).permutation(len(labels))[:limit])
         images, labels = images[chosen], labels[chosen]
+    if data == IMAGENET_PROXY:
+        index = cifar10_as_imagenet()
+        images = resize_crop(images, entry.get("resize"), entry.get("crop"))
+        labels = np.array([index[classes[label]] for label in labels], dtype=np.int64)
     return images, labels
 
 
-def data_flags(data: str) -> list[str]:
-    if data == "mnist":
+def data_flags(entry: dict, workdir: Path) -> list[str]:
+    if entry["data"] == "mnist":
         return ["--data", "mnist", "--data-dir", str(DATA / "mnist"), "--no-download"]
-    return ["--data", str(DATA / "cifar10-jpg" / "test.tar")]
+    flags = ["--data", str(CIFAR_TAR)]
+    if entry["data"] == IMAGENET_PROXY:
+        classes = workdir / "cifar10_as_imagenet.json"
+        if not classes.exists():
+            classes.write_text(json.dumps(cifar10_as_imagenet()))
+        flags += [f for key in ("resize", "crop") if key in entry for f in (f"--{key}", str(entry[key]))]
+        flags += ["--classes", str(classes)]
+    return flags
 
 
 # ------------------------------------------------------------------------------------------------ preprocessing
@@ -101,7 +158,7 @@ def data_flags(data: str) -> list[str]:
 def prep_flags(pre: dict) -> list[str]:
     """The manifest's preprocessing as kernelscope options (only the keys it sets)."""
     flags = []
-    for key in ("scale", "mean", "std", "layout", "channels", "size"):
+    for key in ("preset", "scale", "mean", "std", "layout", "channels", "size"):
         if key in pre:
             value = pre[key]
             flags += [f"--{key}", ",".join(str(v) for v in value) if isinstance(value, list) else str(value)]
@@ -110,6 +167,7 @@ def prep_flags(pre: dict) -> list[str]:
 
 def preprocess(images: np.ndarray, pre: dict, shape: list, dtype: np.dtype) -> np.ndarray:
     """(pixel * scale - mean) / std, laid out and shaped as the model's input wants."""
+    pre = {**PRESETS.get(pre.get("preset", ""), {}), **pre}  # explicit keys override the preset, as in kernelscope
     x = images.astype(np.float64) * pre.get("scale", 1 / 255)
     x = (x - np.array(pre.get("mean", [0.0]))) / np.array(pre.get("std", [1.0]))
     if pre.get("layout", "NCHW") == "NCHW":
@@ -172,8 +230,11 @@ def independent_accuracy(path: Path, entry: dict, pre: dict, images: np.ndarray,
 # ------------------------------------------------------------------------------------------------ kernelscope runs
 
 
-def limit_of(command: str, args) -> int:
-    return args.neurons_limit if command == "neurons" else args.limit
+def limit_of(command: str, args, entry: dict) -> int:
+    """--limit (--neurons-limit for neurons), at most the manifest's max_limit (max_neurons_limit)."""
+    if command == "neurons":
+        return min(args.neurons_limit, entry.get("max_neurons_limit", args.neurons_limit))
+    return min(args.limit, entry.get("max_limit", args.limit))
 
 
 def run_command(command: str, path: Path, entry: dict, args, workdir: Path) -> dict:
@@ -182,11 +243,11 @@ def run_command(command: str, path: Path, entry: dict, args, workdir: Path) -> d
         args.kernelscope,
         command,
         str(path),
-        *data_flags(entry["data"]),
+        *data_flags(entry, workdir),
         *prep_flags(entry.get("preprocessing", {})),
         *entry.get("extra_flags", []),
         "--limit",
-        str(limit_of(command, args)),
+        str(limit_of(command, args, entry)),
         "--threads",
         str(args.threads),
         "--json",
@@ -204,6 +265,7 @@ def run_command(command: str, path: Path, entry: dict, args, workdir: Path) -> d
     except subprocess.TimeoutExpired:
         rc, stderr = "timeout", f"timed out after {args.timeout} s"
     result = {"command": command, "rc": rc, "seconds": time.perf_counter() - started, "error": ""}
+    result["images"] = limit_of(command, args, entry)
     if rc != 0:
         lines = [line.strip() for line in stderr.splitlines() if line.strip()]
         errors = [line for line in lines if "Error" in line or line.startswith("error")]
@@ -266,8 +328,12 @@ def revision() -> str:
 
 
 def write_markdown(path: Path, rows: list, limit: int) -> None:
+    proxy = {r["images"] for entry, r, _ in rows if entry["data"] == IMAGENET_PROXY and r["command"] != "neurons"}
+    proxy = sorted(proxy)
     out = [
-        f"# kernelscope on public models ({limit} images each)",
+        f"# kernelscope on public models ({limit} images each"
+        + (f"; ImageNet models {', '.join(map(str, proxy))}" if proxy else "")
+        + ")",
         "",
         f"Written by `bench/public_models.py`, {time.strftime('%Y-%m-%d %H:%M')}, kernelscope {revision()}.",
         "",
@@ -275,6 +341,17 @@ def write_markdown(path: Path, rows: list, limit: int) -> None:
         " (after: the hardened model's, and whether the file loads in onnxruntime); neurons: on --neurons-limit"
         " images. indep. ORT: plain onnxruntime / torch on the same images (harden: on all of them).",
         "",
+        *(
+            [
+                f"{IMAGENET_PROXY}: ImageNet classifiers fed CIFAR-10 test photos upscaled with --resize 256 --crop 224"
+                " and a partial --classes index (each CIFAR folder as one ImageNet class). Their accuracy is NOT a"
+                " meaningful ImageNet accuracy; those rows only check that the model parses, the mirror matches"
+                " onnxruntime, the kernels are scored and the attacks run.",
+                "",
+            ]
+            if proxy
+            else []
+        ),
         "| id | data | exporter | opset | command | exit | s | baseline | indep. ORT | parity | notes / error |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -329,7 +406,7 @@ def probe(entries: list, args, cache: dict) -> None:
     """Plain onnxruntime accuracy of each model under every preprocessing guess (to choose the manifest's)."""
     for entry in entries:
         path = args.models / entry["file"]
-        images, labels = load_images(entry["data"], args.limit, args.seed, cache)
+        images, labels = load_images(entry, limit_of("inspect", args, entry), args.seed, cache)
         scores = []
         for name, scale, mean, std in PROBES:
             pre = {**entry.get("preprocessing", {}), "scale": scale, "mean": mean, "std": std}
@@ -378,15 +455,15 @@ def main() -> int:
                 print(f"{entry['id']:<34} missing {path} (fetch {entry['source']['repo']}:{entry['source']['path']})")
                 continue
             refs = {}
-            for limit in {args.limit, args.neurons_limit}:
-                images, labels = load_images(entry["data"], limit, args.seed, cache)
+            for limit in {limit_of(command, args, entry) for command in args.commands.split(",")}:
+                images, labels = load_images(entry, limit, args.seed, cache)
                 try:
                     refs[limit] = independent_accuracy(path, entry, entry.get("preprocessing", {}), images, labels)
                 except Exception as exc:  # reported in the table
                     refs[limit] = f"ERR {str(exc).splitlines()[0][:80]}"
             for command in args.commands.split(","):
                 r = run_command(command, path, entry, args, Path(tmp))
-                ref = refs[limit_of(command, args)]
+                ref = refs[limit_of(command, args, entry)]
                 print(line(entry, r, ref), flush=True)
                 rows.append((entry, r, ref))
                 write_markdown(results_path, rows, args.limit)
