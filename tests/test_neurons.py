@@ -482,3 +482,20 @@ def test_neurons_missing_matplotlib_fails_before_the_analysis(capsys, tmp_path, 
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and 'pip install "kernelscope[plots]"' in err
     assert not (tmp_path / "figs").exists()
+
+
+def test_an_l2_budget_spread_over_a_224_px_image_is_called_out(capsys, tmp_path):
+    """ε = 0.5 L2 over 224 x 224 x 3 values is 7x less per value than on the paper's 32 x 32 x 3 images: the
+    report says so and gives the ε with the paper's budget per value; a 32-px model gets no such note."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sample = root / "examples" / "data" / "cifar10-sample"
+    base = ["--limit", "4", "--k", "1", "--steps", "1", "--json"]
+    stem = ["neurons", root / "examples/models/cifar10_stem224.onnx", "-d", sample, "--resize", "256", "--crop", "224"]
+    assert main([str(a) for a in [*stem, *base, tmp_path / "a.json", "-q"]]) == 0, capsys.readouterr().err
+    notes = [w for w in json.loads((tmp_path / "a.json").read_text())["warnings"] if "per value" in w]
+    assert len(notes) == 1 and "150,528 input values" in notes[0] and "--eps 3.5 " in notes[0]
+    small = ["neurons", root / "examples/models/cifar10_cnn.onnx", "-d", sample]
+    assert main([str(a) for a in [*small, *base, tmp_path / "b.json", "-q"]]) == 0, capsys.readouterr().err
+    assert not [w for w in json.loads((tmp_path / "b.json").read_text())["warnings"] if "per value" in w]

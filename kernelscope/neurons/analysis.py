@@ -377,7 +377,30 @@ def _warnings(report: NeuronsReport) -> list[str]:
         notes.append(f"on {sens.unflippable_images} image(s) no single neuron can change the prediction")
     if report.data.n < 200:
         notes.append(f"only {report.data.n} images: the counts and rates are noisy; use more data")
+    budget = _l2_budget_note(report.settings, report.data.preprocessing) if report.single_neuron else None
+    if budget:
+        notes.append(budget)
     return notes
+
+
+#: Values of the images the paper's L2 ε = 0.5 was chosen for (CIFAR-10, 32 x 32 x 3).
+PAPER_INPUT_VALUES = 32 * 32 * 3
+
+
+def _l2_budget_note(settings: AttackSettings, preprocessing: Preprocessing) -> str | None:
+    """A note when an L2 ε spreads over many more input values than the paper's 32 x 32 x 3 images: the same
+    ε is then a much smaller change per value (RMS ε / sqrt(values)), and the attacks' rates are not
+    comparable with the paper's."""
+    h, w = preprocessing.size
+    values = h * w * preprocessing.channels
+    if settings.pgd.norm != "l2" or values <= 4 * PAPER_INPUT_VALUES:
+        return None
+    ratio = (values / PAPER_INPUT_VALUES) ** 0.5
+    return (
+        f"L2 ε = {settings.epsilon:g} over {values:,} input values ({h} x {w} x {preprocessing.channels}) is "
+        f"{settings.epsilon / values**0.5:.2g} per value (RMS), {ratio:.1f}x less than on a 32 x 32 x 3 image (the "
+        f"paper's setting); --eps {settings.epsilon * ratio:.3g} gives the same budget per value"
+    )
 
 
 def _verdict(report: NeuronsReport) -> str:
