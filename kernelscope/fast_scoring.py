@@ -146,15 +146,18 @@ def hybrid_split(
 
     def score(kernels: list[int]) -> None:
         nonlocal baseline
-        masks = np.ones((len(kernels) + 1, channels), dtype=np.float32)
-        masks[np.arange(1, len(kernels) + 1), kernels] = 0.0
+        # The unmasked model (the baseline) is one more variant of the first round only.
+        extra = 1 if baseline is None else 0
+        masks = np.ones((len(kernels) + extra, channels), dtype=np.float32)
+        masks[np.arange(extra, len(kernels) + extra), kernels] = 0.0
         preds, _ = predict_variants(
             runner, data, masks, batch_size=batch_size, run_size=run_size, progress=progress,
             description=f"Exact scoring of {len(kernels)} kernel(s)", backend=backend,
         )  # fmt: skip
         accuracy = (preds == labels[None, :]).mean(axis=1)
-        baseline = float(accuracy[0])
-        exact.update({k: float(a) for k, a in zip(kernels, accuracy[1:], strict=True)})
+        if extra:
+            baseline = float(accuracy[0])
+        exact.update({k: float(a) for k, a in zip(kernels, accuracy[extra:], strict=True)})
 
     # First round: kernels spread over the Taylor ranking, so the calibration sees its whole range.
     order = np.argsort(-estimate.importance)
@@ -172,9 +175,14 @@ def hybrid_split(
             break
         pool = doubtful or unscored
         pool.sort(key=lambda k: abs(predicted[k] - mean))
-        # Each round re-runs the network before the variants' fork once per image: rounds that double the
-        # kernels scored so far keep their number to about log2(C / round_size) when most kernels are in doubt.
-        score(pool[: max(round_size, len(exact))])
+        # Each round re-runs the network before the variants' fork once per image, so rounds are few: once
+        # two rounds have calibrated the fit, a pool of three quarters of the unscored kernels or more is
+        # scored at once (they would be, one round after the other); else the round doubles the kernels
+        # scored so far, nearest the mean first.
+        if len(exact) >= 2 * round_size and len(pool) * 4 >= len(unscored) * 3:
+            score(pool)
+        else:
+            score(pool[: max(round_size, len(exact))])
     predicted, _ = _calibrate(estimate.importance, exact)
     fragile, null = _mean_rule(predicted, fragile_when_high=False)
     return HybridResult(

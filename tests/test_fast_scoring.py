@@ -93,10 +93,11 @@ def _stubbed_hybrid(monkeypatch, importance, truth):
         def __len__(self) -> int:
             return n
 
-    rounds = []
+    rounds, baselines = [], []
 
     def predict_variants(runner, data, masks, **_):
-        rounds.append(len(masks) - 1)
+        rounds.append(int((masks == 0).any(axis=1).sum()))
+        baselines.append(int((masks == 1).all(axis=1).sum()))
         dropped = [int(np.flatnonzero(row == 0)[0]) if (row == 0).any() else None for row in masks]
         accuracy = [0.9 if k is None else truth[k] for k in dropped]
         return np.array([np.where(np.arange(n) < round(a * n), 0, 1) for a in accuracy]), None
@@ -107,6 +108,7 @@ def _stubbed_hybrid(monkeypatch, importance, truth):
     result = fast.hybrid_split(runner, Data(), screen_images=n)  # the screen is the stubbed estimate
     exact = np.round(np.asarray(truth) * n) / n
     assert result.fragile == [k for k in range(len(truth)) if exact[k] < exact.mean()]  # each on its true side
+    assert baselines == [1] + [0] * (len(rounds) - 1) and result.baseline_accuracy == 0.9
     return result, rounds
 
 
@@ -120,9 +122,9 @@ def test_hybrid_settles_clear_kernels_without_scoring_them(monkeypatch):
     assert len(result.exact_kernels) < 32 and len(rounds) <= 3  # measured: 19 of 64, in rounds of 8, 8, 3
 
 
-def test_hybrid_rounds_double_when_every_kernel_is_in_doubt(monkeypatch):
-    """Kernels crowded around the mean: all are scored, in rounds that double (8, 8, 16, 32), so the network
-    before the variants' fork runs 4 times, not 8."""
+def test_hybrid_scores_the_rest_at_once_when_every_kernel_is_in_doubt(monkeypatch):
+    """Kernels crowded around the mean: all are scored, in three rounds (8, 8, then the other 48 at once), so
+    the network before the variants' fork runs 3 times, not 8; the baseline is run once."""
     import numpy as np
 
     rng = np.random.default_rng(1)
@@ -130,4 +132,4 @@ def test_hybrid_rounds_double_when_every_kernel_is_in_doubt(monkeypatch):
     truth = 0.9 - 0.02 * importance + rng.normal(0, 0.01, 64)
     result, rounds = _stubbed_hybrid(monkeypatch, importance, truth)
     assert result.exact_kernels == list(range(64))
-    assert rounds == [8, 8, 16, 32]
+    assert rounds == [8, 8, 48]
