@@ -520,7 +520,14 @@ def _check_config(config: InspectConfig) -> None:
 
 
 def _num_classes(output: TensorInfo) -> int | None:
-    if output.shape and isinstance(output.shape[-1], int) and output.shape[-1] > 0:
+    """The scores' class count: the last axis, or the one non-singleton axis after the batch (Caffe-style
+    exports end in a (N, 1000, 1, 1) Softmax; every stage flattens an image's scores before its argmax)."""
+    if not output.shape:
+        return None
+    rest = [d for d in output.shape[1:] if d != 1]
+    if len(output.shape) > 2 and len(rest) == 1 and isinstance(rest[0], int) and rest[0] > 0:
+        return int(rest[0])
+    if isinstance(output.shape[-1], int) and output.shape[-1] > 0:
         return int(output.shape[-1])
     return None
 
