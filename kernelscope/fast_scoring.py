@@ -14,8 +14,8 @@ as well as 1,000-5,000, docs/method.md §10), so a larger screen would only add 
 measured so far calibrate the estimates of the others (a least-squares line, or a parabola where it predicts
 left-out kernels better); a kernel not scored exactly counts as settled when its predicted accuracy is
 further from the estimated mean than four leave-one-out prediction errors. Rounds of exact scoring continue,
-nearest-to-the-mean first and doubling in size (each round re-runs the network before the variants' fork),
-until every kernel is settled or scored.
+nearest-to-the-mean first, until every kernel is settled or scored; each re-runs the network before the
+variants' fork, so they are few (8, 8, then all the doubtful ones when most are, else doubling).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kernelscope.backends import Backend
-from kernelscope.data.preprocessing import PreparedData
+from kernelscope.data.preprocessing import PreparedData, select_examples
 from kernelscope.errors import ModelError
 from kernelscope.model.surgery.kernel_mask import MaskSite
 from kernelscope.progress import NO_PROGRESS, Progress
@@ -118,8 +118,7 @@ def screen_subset(data: PreparedData, images: int, seed: int = 0) -> PreparedDat
     kernels by what that class needs."""
     if len(data) <= images:
         return data
-    chosen = np.sort(np.random.default_rng(seed).permutation(len(data))[:images])
-    return PreparedData(data.dataset.subset(chosen), data.preprocessing)
+    return PreparedData(select_examples(data.dataset, images, seed), data.preprocessing)
 
 
 def hybrid_split(
