@@ -36,7 +36,7 @@ from kernelscope.layers import LayerAudit, most_damaging, score_layer
 from kernelscope.model.batching import Batching, resolve_batching
 from kernelscope.model.first_conv import ConvLayer, LayerSelection, find_conv, select_convs
 from kernelscope.model.loading import LoadedModel, TensorInfo, load_model
-from kernelscope.model.memory import DEFAULT_MEMORY, budgeted_run
+from kernelscope.model.memory import DEFAULT_MEMORY, budgeted_run, memory_plan
 from kernelscope.progress import NO_PROGRESS, Progress
 from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, ScoringResult
 
@@ -62,7 +62,7 @@ class InspectConfig:
     seed: int = 0
     batch_size: int = 128
     run_size: int = DEFAULT_RUN_SIZE  # variant-images per scoring run at most (fewer when --memory needs it)
-    memory: int = DEFAULT_MEMORY  # bytes one scoring run's activations may take (--memory)
+    memory: int = DEFAULT_MEMORY  # bytes the process should stay within (--memory; sizes every stage's runs)
     preprocessing: PreprocessingOptions = field(default_factory=PreprocessingOptions)
     providers: tuple[str, ...] | None = None
     threads: int | None = None
@@ -330,9 +330,18 @@ def inspect_model(
     if run_size < config.run_size:
         sized = replace(config, run_size=run_size, batch_size=batch)
         timings["scoring_run_size"] = run_size  # variant-images per run the budget allowed
-    backend = get_backend(config.backend, config.ray_address, config.threads)
+    # And the PyTorch stages (the fast scorers' gradients, the attack): one forward+backward keeps every
+    # activation, so at 224 px the budget fits far fewer images than --batch-size.
+    plan = memory_plan(batching.proto, image_input, config.memory) if prepared is not None else None
+    fixed = None if batching.batchable else (batching.fixed_batch or 1)
+    gradient_batch = plan.gradient_batch(config.batch_size, fixed=fixed) if plan is not None else None
+    if gradient_batch is not None and gradient_batch < config.batch_size:
+        timings["gradient_batch"] = gradient_batch
+    backend = get_backend(config.backend, config.ray_address, config.threads, config.memory)
     try:
-        audits, skipped = _score_layers(runner, selection, inputs, sized, prepared, backend, progress, timings)
+        audits, skipped = _score_layers(
+            runner, selection, inputs, sized, prepared, backend, progress, timings, gradient_batch
+        )
         if config.backend == "ray":
             timings["ray_cpus"] = backend.cpus
             timings["ray_remote_tasks"] = backend.remote_tasks
@@ -364,7 +373,7 @@ def inspect_model(
             extra_epsilons=config.extra_epsilons,
             sweep=config.eps_sweep,
             bounds=config.bounds,
-            batch_size=config.batch_size,
+            batch_size=gradient_batch or config.batch_size,
             providers=config.providers,
             threads=config.threads,
             attack=config.attack_method,
@@ -388,6 +397,8 @@ def inspect_model(
         warnings.insert(0, _fast_note(fast))
     if runner.stacking_note:
         warnings.append(runner.stacking_note)
+    if plan is not None and gradient_batch is not None and gradient_batch < config.batch_size:
+        warnings.append(plan.note(gradient_batch, config.batch_size))
     dynamic = [n for n in runner.batching.proto.graph.node if n.op_type == "DynamicQuantizeLinear"]
     if dynamic:
         warnings.append(
@@ -441,13 +452,14 @@ def _score_layers(
     backend: Backend,
     progress: Progress,
     timings: dict[str, float],
+    gradient_batch: int | None = None,
 ) -> tuple[list[LayerAudit], list[tuple[str, str]]]:
     """Score the first layer with ``runner`` and, with ``--layers``, every other selected layer, one session each."""
     loss = prepared.preflight.loss if prepared is not None else "cross_entropy"
     options = dict(
         method=config.method, compare_exact=config.compare_exact, batch_size=config.batch_size,
         run_size=config.run_size, seed=config.seed, bootstrap=config.bootstrap, loss=loss, backend=backend,
-        progress=progress,
+        progress=progress, gradient_batch=gradient_batch,
     )  # fmt: skip
     audits = [score_layer(runner, inputs.data, **options)]
     skipped = list(selection.skipped) if selection is not None else []

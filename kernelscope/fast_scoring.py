@@ -68,9 +68,12 @@ def _mean_rule(values: np.ndarray, fragile_when_high: bool) -> tuple[list[int], 
 
 def taylor_estimate(
     runner: KernelDropRunner, data: PreparedData, *, batch_size: int = 128, loss: str = "cross_entropy",
-    progress: Progress = NO_PROGRESS,
+    progress: Progress = NO_PROGRESS, gradient_batch: int | None = None,
 ) -> TaylorEstimate:  # fmt: skip
-    """One forward+backward per image batch through the mirror (see module docstring)."""
+    """One forward+backward per image batch through the mirror (see module docstring).
+
+    ``gradient_batch``: at most this many images per forward+backward (the memory budget's; see
+    :class:`kernelscope.model.memory.MemoryPlan`); the estimate is a per-image sum, so it does not change."""
     import torch
     import torch.nn.functional as F
 
@@ -89,19 +92,23 @@ def taylor_estimate(
         for x, labels in data.batches(batch_size):
             if len(labels) != batch_size and not runner.batchable:
                 break  # a fixed-batch graph cannot take the short last batch; the estimate uses the full ones
-            # The input must require a gradient: the mirror's weights are constants, not parameters.
-            values = mirror.run({runner.image_input: torch.from_numpy(x).requires_grad_(True)}, [site, output])
-            channel, scores = values[site], values[output].reshape(len(labels), -1)
-            target = torch.from_numpy(labels)
-            if loss == "nll_of_probabilities":
-                value = F.nll_loss(torch.log(scores.clamp_min(1e-30)), target, reduction="sum")
-            else:
-                value = F.cross_entropy(scores, target, reduction="sum")
-            (grad,) = torch.autograd.grad(value, channel)
-            # Per image: the first-order loss change of zeroing channel k is -sum(y_k * dL/dy_k); its
-            # magnitude, averaged over images, is the importance (signed sums cancel across images).
-            change = (channel * grad).flatten(2).sum(2).detach().double().abs()
-            total += change.sum(0).numpy()
+            step = len(labels) if gradient_batch is None or not runner.batchable else max(1, gradient_batch)
+            for begin in range(0, len(labels), step):
+                part = slice(begin, begin + step)
+                # The input must require a gradient: the mirror's weights are constants, not parameters.
+                feeds = {runner.image_input: torch.from_numpy(x[part]).requires_grad_(True)}
+                values = mirror.run(feeds, [site, output])
+                channel, scores = values[site], values[output].reshape(len(labels[part]), -1)
+                target = torch.from_numpy(labels[part])
+                if loss == "nll_of_probabilities":
+                    value = F.nll_loss(torch.log(scores.clamp_min(1e-30)), target, reduction="sum")
+                else:
+                    value = F.cross_entropy(scores, target, reduction="sum")
+                (grad,) = torch.autograd.grad(value, channel)
+                # Per image: the first-order loss change of zeroing channel k is -sum(y_k * dL/dy_k); its
+                # magnitude, averaged over images, is the importance (signed sums cancel across images).
+                change = (channel * grad).flatten(2).sum(2).detach().double().abs()
+                total += change.sum(0).numpy()
             n += len(labels)
             task.advance(len(labels))
     if n == 0:
@@ -133,11 +140,14 @@ def hybrid_split(
     loss: str = "cross_entropy",
     progress: Progress = NO_PROGRESS,
     backend: Backend | None = None,
+    gradient_batch: int | None = None,
 ) -> HybridResult:
     """Taylor screening plus exact scoring of the doubtful kernels until the split is settled."""
     started = time.perf_counter()
     screen = screen_subset(data, screen_images, seed)
-    estimate = taylor_estimate(runner, screen, batch_size=batch_size, loss=loss, progress=progress)
+    estimate = taylor_estimate(
+        runner, screen, batch_size=batch_size, loss=loss, progress=progress, gradient_batch=gradient_batch
+    )
     channels = runner.channels
     labels = data.labels
     exact: dict[int, float] = {}
@@ -262,10 +272,14 @@ def fast_score(
     method: str, runner: KernelDropRunner, data: PreparedData, *, batch_size: int = 128,
     run_size: int = DEFAULT_RUN_SIZE, loss: str = "cross_entropy", progress: Progress = NO_PROGRESS,
     backend: Backend | None = None, seed: int = 0, screen_images: int = SCREEN_IMAGES,
+    gradient_batch: int | None = None,
 ) -> FastScoring:  # fmt: skip
-    """Run the ``taylor`` or ``hybrid`` scorer and package its result."""
+    """Run the ``taylor`` or ``hybrid`` scorer and package its result (``gradient_batch``: see
+    :func:`taylor_estimate`)."""
     if method == "taylor":
-        t = taylor_estimate(runner, data, batch_size=batch_size, loss=loss, progress=progress)
+        t = taylor_estimate(
+            runner, data, batch_size=batch_size, loss=loss, progress=progress, gradient_batch=gradient_batch
+        )
         return FastScoring(
             "taylor", t.importance.tolist(), t.fragile, t.null, [], None, None, t.n_images, t.seconds, runner.drop,
             runner.site, screened_images=t.n_images,
@@ -273,7 +287,7 @@ def fast_score(
     if method == "hybrid":
         h = hybrid_split(
             runner, data, batch_size=batch_size, run_size=run_size, screen_images=screen_images, seed=seed,
-            loss=loss, progress=progress, backend=backend,
+            loss=loss, progress=progress, backend=backend, gradient_batch=gradient_batch,
         )  # fmt: skip
         return FastScoring(
             "hybrid", h.taylor.importance.tolist(), h.fragile, h.null, h.exact_kernels, h.accuracies.tolist(),

@@ -71,6 +71,10 @@ def make_session(
 
     options = session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No memory pattern: it reserves one block for every planned tensor of a run shape, twice what the arena
+    # holds when tensors are freed as they die (a 224-px ResNet-50 at batch 128: 12.8 vs 6.1 MB per image),
+    # at the same speed (measured 0.99-1.01x on the 32-px reference models at batch 128).
+    options.enable_mem_pattern = False
     if threads:
         options.intra_op_num_threads = threads
     chosen = list(providers or default_providers())

@@ -403,3 +403,39 @@ def test_an_export_change_that_is_not_a_parameter_is_refused_by_name(trained):
         state = {k: (v + 1 if v.dtype.kind == "f" else v) for k, v in state.items()}
     with pytest.raises(ModelError, match=first.replace(".", r"\.")):
         _module_values(source.proto, hardened, state)
+
+
+class _CrossEntropy:
+    """The classification loss alone: deterministic, a batch mean like every method's loss."""
+
+    name, label, memory_factor = "ce", "ce", 1.0
+
+    def loss(self, view, x01, labels, generator):
+        return view.classification_loss(view.scores(x01), labels)
+
+
+def test_finetuning_in_micro_batches_takes_the_steps_of_whole_batches(tiny):
+    """Parts of 7 images accumulate each 32-image step: the tuned weights are those of whole batches (to
+    float rounding), and the optimizer took as many steps."""
+    from kernelscope.data.dataset import ImageDataset
+    from kernelscope.data.preprocessing import PreparedData
+    from kernelscope.harden.finetune import FinetuneSettings, finetune
+
+    _, proto, _ = tiny
+    rng = np.random.default_rng(3)
+    dataset = ImageDataset(
+        "random", rng.integers(0, 256, (70, 8, 8, 3), dtype=np.uint8), rng.integers(0, 4, 70), "train", 4
+    )
+    data = PreparedData(dataset, _unit_preprocessing())
+    names = find_tunable(proto, "all").names
+    states = []
+    for micro in (None, 7):
+        mirror, parameters = trainable_copy(OnnxMirror(proto), names)
+        view = TrainingView(mirror, _unit_preprocessing(), "logits", "cross_entropy", parameters)
+        settings = FinetuneSettings(epochs=2, learning_rate=1e-2, batch_size=32, micro_batch=micro)
+        run = finetune(view, _CrossEntropy(), 1.0, data, settings)
+        states.append(run.checkpoints[-1].state)
+    for name, value in states[0].items():
+        np.testing.assert_allclose(states[1][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+    original = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert any(not np.allclose(states[0][n], original[n]) for n in names)  # it did tune

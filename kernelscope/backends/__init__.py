@@ -75,14 +75,19 @@ class Backend(Protocol):
         ...
 
 
-def get_backend(name: str, address: str | None = None, threads: int | None = None) -> Backend:
-    """The backend called ``name``: ``local`` or ``ray`` (``address``: a running cluster; None starts a local one)."""
+def get_backend(
+    name: str, address: str | None = None, threads: int | None = None, memory: int | None = None
+) -> Backend:
+    """The backend called ``name``: ``local`` or ``ray`` (``address``: a running cluster; None starts a local one).
+
+    ``memory``: the process budget, which sizes the local backend's blocks of preprocessed images."""
     if name == "local":
         if address is not None:
             raise UsageError("--ray-address only applies to --backend ray")
         from kernelscope.backends.local import LocalBackend
+        from kernelscope.model.memory import MAX_BLOCK_BYTES, block_bytes
 
-        return LocalBackend()
+        return LocalBackend(block_bytes(memory) if memory is not None else MAX_BLOCK_BYTES)
     if name == "ray":
         from kernelscope.backends.ray import RayBackend
 

@@ -8,21 +8,22 @@ import numpy as np
 
 from kernelscope.backends import ScoringTask
 from kernelscope.data.preprocessing import PreparedData
+from kernelscope.model.memory import MAX_BLOCK_BYTES
 from kernelscope.progress import Progress
-
-#: Preprocessed images kept at once when variants run one after the other (the ``sessions`` mechanism): a
-#: block of shards that size is preprocessed once and every variant's session runs over it.
-BLOCK_BYTES = 256 << 20
 
 
 class LocalBackend:
     """Runs tasks shard by shard: each image batch is preprocessed once and shared by its variant groups.
 
-    For a runner that goes variant by variant, the shards come in blocks of about :data:`BLOCK_BYTES`: each
-    block is preprocessed once and each variant's session (built once per block) runs over all of it.
+    For a runner that goes variant by variant (the ``sessions`` mechanism), the shards come in blocks of about
+    ``block_bytes`` (the memory budget's, :func:`kernelscope.model.memory.block_bytes`): each block is
+    preprocessed once and each variant's session (built once per block) runs over all of it.
     """
 
     name = "local"
+
+    def __init__(self, block_bytes: int = MAX_BLOCK_BYTES) -> None:
+        self.block_bytes = int(block_bytes)
 
     def predict(
         self,
@@ -42,7 +43,7 @@ class LocalBackend:
             by_shard.setdefault(task.shard, []).append(task)
         with progress.task(description, total=sum(t.evaluations for t in tasks)) as bar:
             if getattr(runner, "variant_major", False):
-                blocks = _blocks(data.batches(batch_size))
+                blocks = _blocks(data.batches(batch_size), self.block_bytes)
                 block = next(blocks, None)
                 while block is not None:
                     for task in (t for t in tasks if t.shard in block):
@@ -62,14 +63,14 @@ class LocalBackend:
         """Nothing to release."""
 
 
-def _blocks(batches) -> Iterator[dict[int, np.ndarray]]:
-    """Consecutive preprocessed shards, {shard index: model input}, about :data:`BLOCK_BYTES` per block."""
+def _blocks(batches, block_bytes: int) -> Iterator[dict[int, np.ndarray]]:
+    """Consecutive preprocessed shards, {shard index: model input}, about ``block_bytes`` per block."""
     block: dict[int, np.ndarray] = {}
     size = 0
     for shard, (x, _) in enumerate(batches):
         block[shard] = x
         size += x.nbytes
-        if size >= BLOCK_BYTES:
+        if size >= block_bytes:
             yield block
             block, size = {}, 0
     if block:

@@ -56,6 +56,7 @@ def neurons_command(
     atol: opt.AtolOption = None,
     device: opt.DeviceOption = "auto",
     threads: opt.ThreadsOption = None,
+    memory: opt.MemoryOption = "2GB",
     top: Annotated[int, typer.Option(help="Neurons shown in the sensitivity table.")] = 10,
     scale: opt.ScaleOption = None,
     mean: opt.MeanOption = None,
@@ -93,6 +94,7 @@ def neurons_command(
     # Heavy libraries (torch, onnx, onnxruntime) load only when the command runs, so --help stays instant.
     from kernelscope.attacks.pgd import PgdSettings
     from kernelscope.cli.render import render_neurons
+    from kernelscope.model.memory import parse_memory
     from kernelscope.neurons.analysis import NeuronsConfig, analyse_neurons
     from kernelscope.neurons.attack import AttackSettings
     from kernelscope.report.json_report import neurons_to_dict
@@ -106,7 +108,7 @@ def neurons_command(
         limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean, std=std, layout=layout, size=size,
         channels=channels, device=device, threads=threads, epsilons=None, epsilons_option="--eps", bounds=bounds,
         resize=resize, crop=crop, preset=preset, class_index=classes,
-        atol=atol,
+        atol=atol, memory=parse_memory(memory),
     )  # fmt: skip
     settings = AttackSettings(
         epsilon=eps,

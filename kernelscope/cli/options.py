@@ -178,8 +178,8 @@ DeviceOption = Annotated[str, typer.Option(help="auto (CUDA if onnxruntime-gpu s
 MemoryOption = Annotated[
     str,
     typer.Option(
-        help="Memory one scoring run's activations may take (e.g. 2GB, 512MB); fewer kernel variants and images "
-        "share a run on large models."
+        help="Memory the process should stay within (e.g. 2GB, 512MB): scoring runs, attack and fine-tuning "
+        "batches are sized to fit, so large models run fewer images at a time."
     ),
 ]
 ThreadsOption = Annotated[

@@ -31,6 +31,8 @@ class AdversarialTraining:
     steps: int = 5
     bounds: tuple[float, float] = (0.0, 1.0)
     name: str = "adversarial"
+    #: the clean and the adversarial forward are both kept for the loss's backward
+    memory_factor: float = 2.0
 
     @property
     def label(self) -> str:

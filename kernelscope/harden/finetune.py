@@ -31,6 +31,9 @@ class FinetuneSettings:
     batch_size: int = 128
     seed: int = 0
     device: str = "cpu"
+    #: images per forward+backward (the memory budget's); a batch larger than this accumulates its gradient
+    #: over parts of at most this many images, so the optimizer still takes one step per ``batch_size``
+    micro_batch: int | None = None
 
     def check(self) -> None:
         """Raise :class:`UsageError` for settings the loop cannot run with."""
@@ -98,6 +101,8 @@ class Method(Protocol):
 
     name: str
     label: str  # e.g. "λ_J = 0.1, λ_S = 0.1": the candidate's setting, for the report
+    #: forward+backward passes whose activations one loss holds at once (a double backward, two forwards)
+    memory_factor: float
 
     def loss(self, view: TrainingView, x01, labels, generator: np.random.Generator):
         """Scalar loss to minimize for the batch (torch)."""
@@ -166,19 +171,14 @@ def finetune(
                 x01 = torch.as_tensor(pixels, dtype=torch.float32, device=settings.device) / 255.0
                 labels = torch.as_tensor(train.dataset.labels[chosen], dtype=torch.long, device=settings.device)
                 optimizer.zero_grad(set_to_none=True)
-                loss = method.loss(view, x01, labels, generator)
-                if not torch.isfinite(loss):
-                    run.skipped_batches += 1
-                    task.advance(len(chosen))
-                    continue
-                loss.backward()
-                if not all(p.grad is None or torch.isfinite(p.grad).all() for p in parameters):
+                loss = _accumulate(method, view, x01, labels, generator, settings.micro_batch)
+                if loss is None or not all(p.grad is None or torch.isfinite(p.grad).all() for p in parameters):
                     run.skipped_batches += 1
                     optimizer.zero_grad(set_to_none=True)
                     task.advance(len(chosen))
                     continue
                 optimizer.step()
-                total += float(loss.detach())
+                total += loss
                 batches += 1
                 seen += len(chosen)
                 task.advance(len(chosen))
@@ -191,6 +191,31 @@ def finetune(
     run.seconds = time.perf_counter() - started
     run.images_per_second = seen / run.seconds if run.seconds > 0 else 0.0
     return run
+
+
+def _accumulate(method: Method, view: TrainingView, x01, labels, generator, micro_batch: int | None) -> float | None:
+    """Backpropagate the batch's loss, in parts of at most ``micro_batch`` images; the loss, or None (and no
+    gradient applied) when a part's loss is not finite.
+
+    Every method's loss is a batch mean of per-image terms plus terms of the weights alone, so the parts'
+    losses weighted by their share of the batch sum to the whole batch's loss, and their gradients to its
+    gradient: a model too large for the batch in memory is tuned as if it had fitted. (The random draws of a
+    method — FGSM-RS starts, the Jacobian's projections — come part by part, so they differ from one draw
+    for the whole batch, as any other seed would.)"""
+    import torch
+
+    n = x01.shape[0]
+    step = n if micro_batch is None or micro_batch >= n else max(1, micro_batch)
+    total = 0.0
+    for begin in range(0, n, step):
+        part = slice(begin, begin + step)
+        share = (min(begin + step, n) - begin) / n  # exactly 1.0 for an unsplit batch
+        loss = method.loss(view, x01[part], labels[part], generator) * share
+        if not torch.isfinite(loss):
+            return None
+        loss.backward()
+        total += float(loss.detach())
+    return total
 
 
 def trainable_copy(mirror, names: Sequence[str], device: str = "cpu"):

@@ -45,6 +45,11 @@ class JacobianRegularization:
         """The candidate's setting."""
         return f"λ_J = {self.lambda_j:g}, λ_S = {self.lambda_s:g}"
 
+    @property
+    def memory_factor(self) -> float:
+        """The double backward holds about three passes' activations; the stability term a fourth."""
+        return 3.0 + (1.0 if self.lambda_s > 0 and self.activations else 0.0)
+
     def loss(self, view: TrainingView, x01, labels, generator: np.random.Generator):
         """The regularized loss of one batch."""
         import torch

@@ -75,7 +75,7 @@ from kernelscope.mirror.trainable import TUNE_SCOPES, TunableSelection, find_tun
 from kernelscope.model.batching import Batching, resolve_batching
 from kernelscope.model.first_conv import find_conv
 from kernelscope.model.loading import TORCHSCRIPT_SUFFIXES
-from kernelscope.model.memory import budgeted_run
+from kernelscope.model.memory import budgeted_run, memory_plan
 from kernelscope.model.surgery.replace_weight import replace_conv_weight, set_metadata
 from kernelscope.progress import NO_PROGRESS, Progress
 from kernelscope.robustness import PreparedAttack, epsilon_kind, prepare_attack, run_attack
@@ -304,8 +304,17 @@ def harden_model(
         )
 
     pre = data.preprocessing
-    search_suite = AttackSuite(audit_eps, SEARCH_PGD, base.bounds, base.seed, base.batch_size)
-    held_out_suite = AttackSuite(audit_eps, config.pgd, base.bounds, base.seed, base.batch_size)
+    # The attacks' and the fine-tuning's forward+backward batches, sized by the memory budget (a 224-px
+    # model fits far fewer than --batch-size images); scoring above sized its onnxruntime runs itself.
+    plan = memory_plan(inputs.batching.proto, inputs.image_input, base.memory)
+    fixed = None if inputs.batching.batchable else (inputs.batching.fixed_batch or 1)
+    attack_batch = plan.gradient_batch(base.batch_size, fixed=fixed)
+    memory_note = plan.note(attack_batch, base.batch_size, "the attacks") if attack_batch < base.batch_size else None
+    if attack_batch < base.batch_size:
+        timings["gradient_batch"] = attack_batch
+    measured = replace(base, batch_size=attack_batch)
+    search_suite = AttackSuite(audit_eps, SEARCH_PGD, base.bounds, base.seed, attack_batch)
+    held_out_suite = AttackSuite(audit_eps, config.pgd, base.bounds, base.seed, attack_batch)
     clock = time.perf_counter()
     original = _model(inputs.batching.proto, inputs, val, base)
     original_twin, original_judge = original.twin(pre, inputs.output.name), original.judge(pre)
@@ -357,7 +366,7 @@ def harden_model(
             loss=train_loss, tunable=tunable.names, train=train[0],
             settings=replace(config.finetune, device=original.prepared.device),  # where the mirror was checked
             epsilon=audit_eps, bounds=base.bounds, head=head, lambda_s=config.lambda_s,
-            strengths={m: config.strengths or DEFAULT_STRENGTHS[m] for m in finetuning},
+            strengths={m: config.strengths or DEFAULT_STRENGTHS[m] for m in finetuning}, memory=plan,
         )  # fmt: skip
         found, runs = finetune_candidates(
             finetuning, setup, val, search_suite, val_transfer, original_clean, config.clean_budget, pre, progress
@@ -371,7 +380,9 @@ def harden_model(
     clock = time.perf_counter()
     # The original's session and parity-checked mirror serve the held-out part too (no second build).
     held_transfer = craft_transfer(original_twin, original_judge, evaluation, held_out_suite, progress)
-    before = _measure(original, inputs, evaluation, sweep, fragile, null, base, progress, held_out_suite, held_transfer)
+    before = _measure(
+        original, inputs, evaluation, sweep, fragile, null, measured, progress, held_out_suite, held_transfer
+    )
     after = None
     hardened = None
     info = None
@@ -385,7 +396,7 @@ def harden_model(
         changed = changed_initializers(inputs.model.proto, hardened)
         after_model = _model(hardened, inputs, evaluation, base)
         after = _measure(
-            after_model, inputs, evaluation, sweep, fragile, null, base, progress, held_out_suite, held_transfer
+            after_model, inputs, evaluation, sweep, fragile, null, measured, progress, held_out_suite, held_transfer
         )
         change = compare_robustness(before.robustness, after.robustness)
     timings["before_after"] = time.perf_counter() - clock
@@ -420,6 +431,8 @@ def harden_model(
         clean_budget=config.clean_budget,
         devices={"onnxruntime": onnxruntime_device(original.evaluator.session), "torch": original.prepared.device},
     )
+    if memory_note:
+        report.warnings.append(memory_note)
     report.warnings.extend(original_val.warnings)
     if after is not None:
         report.no_op = not changed

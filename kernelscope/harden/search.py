@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -113,6 +113,7 @@ class FinetuneSetup:
     head: object | None = None  # kernelscope.model.linear_head.LinearHead, for the sensitivity method
     lambda_s: float = 0.1
     strengths: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_STRENGTHS))
+    memory: object | None = None  # kernelscope.model.memory.MemoryPlan: sizes each method's micro-batches
 
 
 def make_method(name: str, strength: float, setup: FinetuneSetup, view: TrainingView, generator):
@@ -128,17 +129,33 @@ def make_method(name: str, strength: float, setup: FinetuneSetup, view: Training
     raise ValueError(f"unknown fine-tuning method {name!r}")
 
 
+def _micro_batched(setup: FinetuneSetup, memory_factor: float):
+    """``setup.settings`` with the micro-batch the memory budget allows a method holding ``memory_factor``
+    passes' activations (the optimizer's batch stays ``--batch-size``)."""
+    if setup.memory is None:
+        return setup.settings
+    micro = setup.memory.gradient_batch(setup.settings.batch_size, memory_factor)
+    return replace(setup.settings, micro_batch=micro) if micro < setup.settings.batch_size else setup.settings
+
+
 def _jacobian_scale(probe: JacobianRegularization, view: TrainingView, setup: FinetuneSetup, generator) -> float:
-    """CE₀ / (½‖J‖²_F)₀ on the first training batch: λ_J that makes the regularizer start at the clean loss."""
+    """CE₀ / (½‖J‖²_F)₀ on the first training batch: λ_J that makes the regularizer start at the clean loss.
+
+    Both are batch means, taken over the memory budget's micro-batches (weighted by their size)."""
     import torch
 
     batch = min(len(setup.train), setup.settings.batch_size)
-    pixels = setup.train.preprocessing.fit(setup.train.dataset.images[:batch])
-    x01 = torch.as_tensor(pixels, dtype=torch.float32, device=setup.settings.device) / 255.0
-    labels = torch.as_tensor(setup.train.dataset.labels[:batch], dtype=torch.long, device=setup.settings.device)
-    with torch.no_grad():
-        ce = float(view.classification_loss(view.scores(x01), labels))
-    total = float(probe.loss(view, x01, labels, generator).detach())
+    step = _micro_batched(setup, probe.memory_factor).micro_batch or batch
+    ce = total = 0.0
+    for begin in range(0, batch, step):
+        stop = min(begin + step, batch)
+        pixels = setup.train.preprocessing.fit(setup.train.dataset.images[begin:stop])
+        x01 = torch.as_tensor(pixels, dtype=torch.float32, device=setup.settings.device) / 255.0
+        labels = torch.as_tensor(setup.train.dataset.labels[begin:stop], dtype=torch.long, device=setup.settings.device)
+        share = (stop - begin) / batch  # exactly 1.0 for an unsplit batch
+        with torch.no_grad():
+            ce += share * float(view.classification_loss(view.scores(x01), labels))
+        total += share * float(probe.loss(view, x01, labels, generator).detach())
     jacobian = max(total - ce, 1e-12)
     return max(ce, 1e-6) / jacobian
 
@@ -164,6 +181,7 @@ def finetune_candidates(
             view = TrainingView(mirror, preprocessing, setup.output, setup.loss, parameters)
             generator = np.random.default_rng(setup.settings.seed + 31)
             method = make_method(name, strength, setup, view, generator)
+            settings = _micro_batched(setup, method.memory_factor)
             started = time.perf_counter()
             twin = Twin(mirror, preprocessing, setup.loss)
 
@@ -182,7 +200,5 @@ def finetune_candidates(
                 if on_candidate is not None:
                     on_candidate(candidate)
 
-            runs.append(
-                finetune(view, method, strength, setup.train, setup.settings, on_checkpoint=judge, progress=progress)
-            )
+            runs.append(finetune(view, method, strength, setup.train, settings, on_checkpoint=judge, progress=progress))
     return candidates, runs

@@ -82,6 +82,7 @@ class SensitivityRegularization:
     delta_2: float = DELTA_2
     k: int = TOP_K
     name: str = "sensitivity"
+    memory_factor: float = 1.0  # one forward+backward
 
     @property
     def label(self) -> str:

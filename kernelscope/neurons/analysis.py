@@ -22,6 +22,7 @@ from kernelscope.devices import onnxruntime_device, torch_device
 from kernelscope.errors import ModelError, UsageError
 from kernelscope.model.batching import Batching, run_outputs
 from kernelscope.model.linear_head import LinearHead, find_linear_head
+from kernelscope.model.memory import memory_plan
 from kernelscope.model.surgery.kernel_mask import infer_elem_types
 from kernelscope.neurons.attack import (
     AttackSettings,
@@ -165,7 +166,8 @@ def analyse_neurons(
         config.inspect.providers,
         config.inspect.threads,
     )
-    scores, features, layer_out = _read(deployed, data, config.inspect.batch_size, progress)
+    plan = memory_plan(inputs.batching.proto, inputs.image_input, config.inspect.memory)
+    scores, features, layer_out = _read(deployed, data, plan.forward_batch(config.inspect.batch_size), progress)
     timings["read_features"] = time.perf_counter() - clock
     _check_finite(head, features, scores, inputs.output.name)
     if features.shape[1] != head.features and head.op_type == "Conv":
@@ -198,7 +200,7 @@ def analyse_neurons(
     timings["sensitivity"] = time.perf_counter() - clock
 
     mirror_check = single = comparison = prepared = None
-    feature_diff = None
+    feature_diff = memory_warning = None
     if config.attack:
         clock = time.perf_counter()
         prepared = prepare_attack(
@@ -221,13 +223,18 @@ def analyse_neurons(
         feature_diff = _feature_parity(twin, deployed, data, prepared.check.tolerance, prepared.check.images)
         timings["mirror_check"] = time.perf_counter() - clock
         bounds = config.inspect.bounds
+        # (image, neuron) pairs per forward+backward: as many as the memory budget fits, at most --batch-size
+        batch = plan.gradient_batch(config.inspect.batch_size, fixed=chunk)
+        if batch < config.inspect.batch_size:
+            timings["gradient_batch"] = batch
+            memory_warning = plan.note(batch, config.inspect.batch_size, "the neuron attacks")
         single = single_neuron_attack(
             twin, deployed, data, sensitivity, features, clean, settings, bounds=bounds,
-            batch_size=config.inspect.batch_size, seed=config.inspect.seed, progress=progress,
+            batch_size=batch, seed=config.inspect.seed, progress=progress,
         )  # fmt: skip
         timings["single_neuron_attack"] = single.seconds
         comparison = pgd_comparison(
-            twin, deployed, data, clean, settings, bounds=bounds, batch_size=config.inspect.batch_size,
+            twin, deployed, data, clean, settings, bounds=bounds, batch_size=batch,
             seed=config.inspect.seed, progress=progress,
         )  # fmt: skip
         timings["pgd"] = comparison.seconds
@@ -259,7 +266,7 @@ def analyse_neurons(
             "torch": prepared.device if prepared is not None else None,
         },
     )
-    report.warnings = _warnings(report)
+    report.warnings = _warnings(report) + ([memory_warning] if memory_warning else [])
     report.verdict = _verdict(report)
     return report
 
