@@ -20,12 +20,15 @@ LOSSES = ("cross_entropy", "nll_of_probabilities")
 
 
 def model_input_from_unit_pixels(x01: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
-    """Differentiable ``(x01 * 255 * scale - mean) / std`` in the model's layout (x01 is B, H, W, C).
+    """Differentiable ``(x01 * 255 * scale - mean) / std`` in the model's layout and channel order (x01 is
+    B, H, W, C, RGB).
 
     For a model with a uint8 input the twin receives float pixels 0..255 (its first op is a Cast), so the
     gradient still flows; the deployed model later sees them rounded to integers.
     """
     pixels = x01 * 255.0
+    if getattr(preprocessing, "channel_order", "rgb") == "bgr":
+        pixels = pixels.flip(-1)  # the model's blue-green-red order, as Preprocessing.normalize
     if np.dtype(preprocessing.input_dtype) == np.uint8:
         values = pixels
     else:

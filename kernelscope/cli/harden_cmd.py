@@ -112,6 +112,7 @@ def harden_command(
     resize: opt.ResizeOption = None,
     crop: opt.CropOption = None,
     preset: opt.PresetOption = None,
+    channel_order: opt.ChannelOrderOption = None,
     classes: opt.ClassesOption = None,
     channels: opt.ChannelsOption = None,
     json_path: opt.JsonOption = None,
@@ -140,7 +141,7 @@ def harden_command(
         data=data, data_dir=data_dir, split=split, download=download, layer=layer, output=output,
         input_shape=input_shape, drop=drop, limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean,
         std=std, layout=layout, size=size, channels=channels, device=device, threads=threads, bootstrap=0,
-        resize=resize, crop=crop, preset=preset, class_index=classes,
+        resize=resize, crop=crop, preset=preset, channel_order=channel_order, class_index=classes,
         epsilons=sweep, epsilons_option="--sweep", eps_sweep=eps_sweep, bounds=bounds, atol=atol,
         targeting_at=targeting_at, memory=parse_memory(memory),
     )  # fmt: skip

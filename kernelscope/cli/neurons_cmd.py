@@ -66,6 +66,7 @@ def neurons_command(
     resize: opt.ResizeOption = None,
     crop: opt.CropOption = None,
     preset: opt.PresetOption = None,
+    channel_order: opt.ChannelOrderOption = None,
     classes: opt.ClassesOption = None,
     channels: opt.ChannelsOption = None,
     json_path: opt.JsonOption = None,
@@ -107,7 +108,7 @@ def neurons_command(
         data=data, data_dir=data_dir, split=split, download=download, output=output, input_shape=input_shape,
         limit=limit, seed=seed, batch_size=batch_size, scale=scale, mean=mean, std=std, layout=layout, size=size,
         channels=channels, device=device, threads=threads, epsilons=None, epsilons_option="--eps", bounds=bounds,
-        resize=resize, crop=crop, preset=preset, class_index=classes,
+        resize=resize, crop=crop, preset=preset, channel_order=channel_order, class_index=classes,
         atol=atol, memory=parse_memory(memory),
     )  # fmt: skip
     settings = AttackSettings(

@@ -85,6 +85,15 @@ PresetOption = Annotated[
         rich_help_panel=PREPROCESSING,
     ),
 ]
+ChannelOrderOption = Annotated[
+    str | None,
+    typer.Option(
+        "--channel-order",
+        help="rgb, or bgr for models trained on blue-green-red images (Caffe, OpenCV); --mean/--std are then in "
+        "BGR order. Default: the model's metadata, else rgb.",
+        rich_help_panel=PREPROCESSING,
+    ),
+]
 ClassesOption = Annotated[
     Path | None,
     typer.Option(
@@ -218,6 +227,7 @@ def parse_ints(text: str | None, what: str, count: int | None = None) -> tuple[i
 def preprocessing_options(
     scale: float | None, mean: str | None, std: str | None, layout: str | None, size: str | None, channels: int | None,
     resize: int | None = None, crop: int | None = None, preset: str | None = None,
+    channel_order: str | None = None,
 ) -> PreprocessingOptions:  # fmt: skip
     """Collect the preprocessing options into the library's dataclass."""
     if scale is not None and not scale > 0:
@@ -240,6 +250,7 @@ def preprocessing_options(
         resize=resize,
         crop=crop,
         preset=preset.lower() if preset else None,
+        channel_order=channel_order.lower() if channel_order else None,
     )
 
 
@@ -284,6 +295,7 @@ def inspect_config(
     resize: int | None = None,
     crop: int | None = None,
     preset: str | None = None,
+    channel_order: str | None = None,
     epsilons: str | None,
     epsilons_option: str,
     bounds: str,
@@ -307,7 +319,9 @@ def inspect_config(
         torch.set_num_threads(threads)
     return InspectConfig(
         input_shape=parse_ints(input_shape, "--input-shape", 4),
-        preprocessing=preprocessing_options(scale, mean, std, layout, size, channels, resize, crop, preset),
+        preprocessing=preprocessing_options(
+            scale, mean, std, layout, size, channels, resize, crop, preset, channel_order
+        ),
         providers=providers_for(device),
         device=device.lower(),
         epsilons=parse_floats(epsilons, epsilons_option),

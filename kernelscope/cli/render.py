@@ -102,7 +102,8 @@ def data_table(report: InspectReport) -> Table:
             ("mean / std", f"{fmt(p.mean)} / {fmt(p.std)} [{src.get('mean', '')}]"),
             (
                 "input",
-                f"{p.layout} {p.size[0]}x{p.size[1]}x{p.channels} {p.input_dtype} "
+                f"{p.layout} {p.size[0]}x{p.size[1]}x{p.channels} {p.input_dtype}"
+                f"{' BGR' if p.channel_order == 'bgr' else ''} "
                 f"[layout: {src.get('layout', '')}; size: {src.get('size', '')}]",
             ),
         ],

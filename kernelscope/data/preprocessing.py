@@ -45,6 +45,7 @@ class PreprocessingOptions:
     resize: int | None = None  # shorter side to this many pixels before ``crop`` (image folders)
     crop: int | None = None  # centred square crop (image folders)
     preset: str | None = None  # a key of PRESETS: its scale / mean / std unless given one by one
+    channel_order: str | None = None  # "rgb" or "bgr": the order of the model's three colour channels
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class Preprocessing:
     channels: int
     input_dtype: str
     sources: Mapping[str, str] = field(default_factory=dict)
+    #: "bgr" for models trained on blue-green-red images (Caffe, OpenCV): the pixels' channels are reversed
+    #: before the normalization, whose mean and std are then in the model's (BGR) order
+    channel_order: str = "rgb"
 
     def to_model_input(self, pixels: np.ndarray) -> np.ndarray:
         """Convert a batch of raw pixels (B, H, W, C) into the model's input tensor."""
@@ -74,6 +78,8 @@ class Preprocessing:
     def normalize(self, pixels: np.ndarray) -> np.ndarray:
         """Pixels already at the model's size and channels (B, H, W, C; 0..255) -> the model's input."""
         dtype = np.dtype(self.input_dtype)
+        if self.channel_order == "bgr":
+            pixels = pixels[..., ::-1]
         if dtype == np.uint8:
             values = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
         else:
@@ -96,6 +102,7 @@ class Preprocessing:
             "size": list(self.size),
             "channels": self.channels,
             "input_dtype": self.input_dtype,
+            "channel_order": self.channel_order,
             "sources": dict(self.sources),
         }
 
@@ -237,6 +244,7 @@ def resolve_preprocessing(
     std = _per_channel(tuple(float(s) for s in _as_tuple(std)), channels, "std")
     if any(s == 0 for s in std):
         raise UsageError("std must not contain 0")
+    order, sources["channel_order"] = _channel_order(options.channel_order, meta.get("channel_order"), channels)
     return Preprocessing(
         scale=float(scale),
         mean=mean,
@@ -246,7 +254,28 @@ def resolve_preprocessing(
         channels=channels,
         input_dtype=str(np.dtype(input_dtype)),
         sources=sources,
+        channel_order=order,
     )
+
+
+#: The colour orders a model may expect of its three channels.
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+def _channel_order(option: str | None, metadata: object, channels: int) -> tuple[str, str]:
+    """The channel order (``--channel-order``, else the model's metadata, else RGB) and where it came from."""
+    if option is not None:
+        order, source = str(option).lower(), "option"
+    elif metadata is not None:
+        order, source = str(metadata).lower(), "model metadata"
+    else:
+        return "rgb", "default"
+    if order not in CHANNEL_ORDERS:
+        where = "--channel-order" if source == "option" else "the model metadata's channel_order"
+        raise UsageError(f"{where} must be rgb or bgr, not {order!r}")
+    if order == "bgr" and channels != 3:
+        raise UsageError(f"a BGR channel order needs 3-channel input; this model takes {channels} channel(s)")
+    return order, source
 
 
 def _as_tuple(value: object) -> tuple:

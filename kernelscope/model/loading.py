@@ -446,7 +446,7 @@ def _metadata_problem(key: str, value: object) -> str | None:
             return "must be a JSON list of class names"
         return None
     if not isinstance(value, dict):
-        return "must be a JSON object with any of scale, mean, std, layout, size, channels"
+        return "must be a JSON object with any of scale, mean, std, layout, size, channels, channel_order"
     checks = {
         "scale": (lambda v: _is_number(v) and v > 0, "a positive number"),
         "mean": (lambda v: _is_number(v) or (isinstance(v, list) and v and all(map(_is_number, v))), "numbers"),
@@ -466,6 +466,7 @@ def _metadata_problem(key: str, value: object) -> str | None:
             "[height, width] positive integers",
         ),
         "channels": (lambda v: v in (1, 3) and not isinstance(v, bool), "1 or 3"),
+        "channel_order": (lambda v: isinstance(v, str) and v.lower() in ("rgb", "bgr"), "rgb or bgr"),
     }
     for name, (valid, expected) in checks.items():
         if name in value and not valid(value[name]):

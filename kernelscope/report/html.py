@@ -347,7 +347,8 @@ def summary_blocks(report: Report) -> list[Block]:
         ("mean / std", f"{_numbers(pre.get('mean'))} / {_numbers(pre.get('std'))} [{sources.get('mean', '')}]"),
         (
             "input",
-            f"{pre.get('layout', '?')} {size[0]}×{size[1]}×{pre.get('channels', '?')} {pre.get('input_dtype', '')}",
+            f"{pre.get('layout', '?')} {size[0]}×{size[1]}×{pre.get('channels', '?')} {pre.get('input_dtype', '')}"
+            + (" BGR" if pre.get("channel_order") == "bgr" else ""),
         ),
         ("model sees", "(pixel × scale − mean) / std"),
     ]
