@@ -13,6 +13,7 @@ import torch
 
 from kernelscope.cli.app import main
 from kernelscope.model.memory import (
+    HARDEN_WEIGHT_COPIES,
     MAX_BLOCK_BYTES,
     PROCESS_BYTES,
     WEIGHT_COPIES,
@@ -48,6 +49,9 @@ def test_the_budget_is_the_process_so_the_fixed_part_comes_off_first():
     assert plan.working == 2 * 1024**3 - PROCESS_BYTES - WEIGHT_COPIES * weights - MAX_BLOCK_BYTES
     tiny = memory_plan(proto, "image", 80_000)  # less than the process itself: an eighth still runs
     assert tiny.working == 10_000
+    # harden holds more copies of the weights (tuned copy, gradients, Adam's moments, checkpoints, the result)
+    hardening = memory_plan(proto, "image", 2 * 1024**3, HARDEN_WEIGHT_COPIES)
+    assert plan.working - hardening.working == (HARDEN_WEIGHT_COPIES - WEIGHT_COPIES) * weights
 
 
 def test_batches_shrink_to_what_fits():

@@ -75,7 +75,7 @@ from kernelscope.mirror.trainable import TUNE_SCOPES, TunableSelection, find_tun
 from kernelscope.model.batching import Batching, resolve_batching
 from kernelscope.model.first_conv import find_conv
 from kernelscope.model.loading import TORCHSCRIPT_SUFFIXES
-from kernelscope.model.memory import budgeted_run, memory_plan
+from kernelscope.model.memory import HARDEN_WEIGHT_COPIES, budgeted_run, memory_plan
 from kernelscope.model.surgery.replace_weight import replace_conv_weight, set_metadata
 from kernelscope.progress import NO_PROGRESS, Progress
 from kernelscope.robustness import PreparedAttack, epsilon_kind, prepare_attack, run_attack
@@ -306,7 +306,7 @@ def harden_model(
     pre = data.preprocessing
     # The attacks' and the fine-tuning's forward+backward batches, sized by the memory budget (a 224-px
     # model fits far fewer than --batch-size images); scoring above sized its onnxruntime runs itself.
-    plan = memory_plan(inputs.batching.proto, inputs.image_input, base.memory)
+    plan = memory_plan(inputs.batching.proto, inputs.image_input, base.memory, HARDEN_WEIGHT_COPIES)
     fixed = None if inputs.batching.batchable else (inputs.batching.fixed_batch or 1)
     attack_batch = plan.gradient_batch(base.batch_size, fixed=fixed)
     memory_note = plan.note(attack_batch, base.batch_size, "the attacks") if attack_batch < base.batch_size else None

@@ -35,6 +35,10 @@ PROCESS_BYTES = 384 << 20
 #: Copies of the model's weights alive at once: the loaded model, onnxruntime's session (prepacked), the
 #: PyTorch mirror, a variant session being built while the previous one still runs.
 WEIGHT_COPIES = 4
+#: ... and in ``harden``, which also holds a trainable copy with its gradient and Adam's two moments, every
+#: epoch's checkpoint, the hardened model and its own session and mirror (measured: a 100 MB ResNet-50
+#: peaked at 3.1 GB under a 2 GB budget counting 4 copies).
+HARDEN_WEIGHT_COPIES = 12
 #: Preprocessed images kept at once when variants run one after the other (at most; less for small budgets).
 MAX_BLOCK_BYTES = 256 << 20
 
@@ -123,11 +127,11 @@ def budgeted_run(runner, memory: int, run_size: int, batch_size: int) -> tuple[i
     return sized, min(batch_size, sized)
 
 
-def working_bytes(proto: onnx.ModelProto, memory: int) -> int:
+def working_bytes(proto: onnx.ModelProto, memory: int, weight_copies: int = WEIGHT_COPIES) -> int:
     """What a process budget of ``memory`` bytes leaves for activations once the fixed part is held: the process
     itself, the weights' copies and one block of images. Never less than an eighth of the budget: a model whose
     weights alone exceed it still runs, a small batch at a time, rather than not at all."""
-    fixed = PROCESS_BYTES + WEIGHT_COPIES * weight_bytes(proto) + block_bytes(memory)
+    fixed = PROCESS_BYTES + weight_copies * weight_bytes(proto) + block_bytes(memory)
     return int(max(memory - fixed, memory // 8))
 
 
@@ -225,7 +229,9 @@ def format_size(size: float) -> str:
     return f"{int(size)} B"
 
 
-def memory_plan(proto: onnx.ModelProto, image_input: str, memory: int) -> MemoryPlan:
+def memory_plan(
+    proto: onnx.ModelProto, image_input: str, memory: int, weight_copies: int = WEIGHT_COPIES
+) -> MemoryPlan:
     """The :class:`MemoryPlan` of ``proto`` under a process budget of ``memory`` bytes."""
     named = _activation_sizes(proto, image_input)  # one shape inference for both estimates
-    return MemoryPlan(memory, working_bytes(proto, memory), _live_bytes(named), _gradient_bytes(named))
+    return MemoryPlan(memory, working_bytes(proto, memory, weight_copies), _live_bytes(named), _gradient_bytes(named))
