@@ -325,16 +325,15 @@ def inspect_model(
         )
         timings["mirror_check"] = time.perf_counter() - clock
     # Runs sized by the memory budget: V variants x N images of this model's activations must fit.
-    run_size, batch = budgeted_run(runner, config.memory, config.run_size, config.batch_size)
+    plan = memory_plan(batching.proto, image_input, config.memory)
+    run_size, batch = budgeted_run(runner, config.memory, config.run_size, config.batch_size, plan)
     sized = config
     if run_size < config.run_size:
         sized = replace(config, run_size=run_size, batch_size=batch)
         timings["scoring_run_size"] = run_size  # variant-images per run the budget allowed
     # And the PyTorch stages (the fast scorers' gradients, the attack): one forward+backward keeps every
     # activation, so at 224 px the budget fits far fewer images than --batch-size.
-    plan = memory_plan(batching.proto, image_input, config.memory) if prepared is not None else None
-    fixed = None if batching.batchable else (batching.fixed_batch or 1)
-    gradient_batch = plan.gradient_batch(config.batch_size, fixed=fixed) if plan is not None else None
+    gradient_batch = plan.gradient_batch(config.batch_size, fixed=batching.run_batch) if prepared else None
     if gradient_batch is not None and gradient_batch < config.batch_size:
         timings["gradient_batch"] = gradient_batch
     backend = get_backend(config.backend, config.ray_address, config.threads, config.memory)
@@ -397,7 +396,7 @@ def inspect_model(
         warnings.insert(0, _fast_note(fast))
     if runner.stacking_note:
         warnings.append(runner.stacking_note)
-    if plan is not None and gradient_batch is not None and gradient_batch < config.batch_size:
+    if gradient_batch is not None and gradient_batch < config.batch_size:
         warnings.append(plan.note(gradient_batch, config.batch_size))
     dynamic = [n for n in runner.batching.proto.graph.node if n.op_type == "DynamicQuantizeLinear"]
     if dynamic:

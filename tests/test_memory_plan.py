@@ -155,3 +155,17 @@ def test_micro_batches_accumulate_the_gradient_of_the_whole_batch():
         grads.append(layer.weight.grad.clone())
     assert losses[1] == pytest.approx(losses[0], rel=1e-6)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
+
+def test_scoring_runs_sized_from_the_plans_sizes_equal_a_fresh_inference():
+    """The plan's tensor sizes are reused for the scoring runs (one shape inference, not two): same sizes."""
+    from kernelscope.model.first_conv import find_conv
+    from kernelscope.model.memory import budgeted_run
+    from kernelscope.scoring import KernelDropRunner
+
+    proto = conv_classifier(out_channels=6, seed=0)
+    runner = KernelDropRunner(proto, find_conv(proto, "image"), "image", "logits")
+    for memory in (2 * 1024**3, 200_000):
+        plan = memory_plan(runner.batching.proto, "image", memory)
+        assert budgeted_run(runner, memory, 1024, 128, plan) == budgeted_run(runner, memory, 1024, 128)
+    assert budgeted_run(runner, 200_000, 1024, 128) < (1024, 128)  # the small budget does bind

@@ -27,7 +27,7 @@ def model_input_from_unit_pixels(x01: torch.Tensor, preprocessing: Preprocessing
     gradient still flows; the deployed model later sees them rounded to integers.
     """
     pixels = x01 * 255.0
-    if getattr(preprocessing, "channel_order", "rgb") == "bgr":
+    if preprocessing.channel_order == "bgr":
         pixels = pixels.flip(-1)  # the model's blue-green-red order, as Preprocessing.normalize
     if np.dtype(preprocessing.input_dtype) == np.uint8:
         values = pixels

@@ -290,7 +290,9 @@ def harden_model(
         inputs.model.proto, layer, inputs.image_input, inputs.output.name, drop=base.drop,
         providers=base.providers, threads=base.threads, batching=inputs.batching, mechanism=base.mechanism,
     )  # fmt: skip
-    run_size, batch = budgeted_run(runner, base.memory, base.run_size, base.batch_size)
+    # One shape inference sizes the scoring runs and (counting the copies harden holds) the PyTorch batches.
+    plan = memory_plan(inputs.batching.proto, inputs.image_input, base.memory, HARDEN_WEIGHT_COPIES)
+    run_size, batch = budgeted_run(runner, base.memory, base.run_size, base.batch_size, plan)
     scoring = score_kernels(
         runner, val, batch_size=batch, run_size=run_size, seed=base.seed, bootstrap=0, progress=progress
     )
@@ -305,10 +307,8 @@ def harden_model(
 
     pre = data.preprocessing
     # The attacks' and the fine-tuning's forward+backward batches, sized by the memory budget (a 224-px
-    # model fits far fewer than --batch-size images); scoring above sized its onnxruntime runs itself.
-    plan = memory_plan(inputs.batching.proto, inputs.image_input, base.memory, HARDEN_WEIGHT_COPIES)
-    fixed = None if inputs.batching.batchable else (inputs.batching.fixed_batch or 1)
-    attack_batch = plan.gradient_batch(base.batch_size, fixed=fixed)
+    # model fits far fewer than --batch-size images).
+    attack_batch = plan.gradient_batch(base.batch_size, fixed=inputs.batching.run_batch)
     memory_note = plan.note(attack_batch, base.batch_size, "the attacks") if attack_batch < base.batch_size else None
     if attack_batch < base.batch_size:
         timings["gradient_batch"] = attack_batch

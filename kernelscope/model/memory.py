@@ -18,7 +18,7 @@ state, so a seeded run gives the same results anywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -85,13 +85,19 @@ def _activation_sizes(proto: onnx.ModelProto, image_input: str) -> list[tuple[st
     return named
 
 
-def activation_bytes_per_image(proto: onnx.ModelProto, image_input: str, after: str | None = None) -> int | None:
+def activation_bytes_per_image(
+    proto: onnx.ModelProto,
+    image_input: str,
+    after: str | None = None,
+    sizes: list[tuple[str, int]] | None = None,
+) -> int | None:
     """Bytes of the largest activation tensors of one image (None when shape inference cannot size them).
 
     ``after``: count only the tensors that depend on this one (where the kernel variants fork: only they are
-    V·N images large; the part before runs once per image).
+    V·N images large; the part before runs once per image). ``sizes``: the tensors' sizes when already
+    inferred (a :class:`MemoryPlan`'s), so the graph is not inferred again.
     """
-    named = _activation_sizes(proto, image_input)
+    named = sizes if sizes is not None else _activation_sizes(proto, image_input)
     if named and after is not None:
         from kernelscope.model.graph import GraphIndex
 
@@ -113,16 +119,20 @@ def run_size_for(budget: int, per_image: int | None, default: int) -> int:
     return max(1, min(default, budget // per_image))
 
 
-def budgeted_run(runner, memory: int, run_size: int, batch_size: int) -> tuple[int, int]:
+def budgeted_run(
+    runner, memory: int, run_size: int, batch_size: int, plan: MemoryPlan | None = None
+) -> tuple[int, int]:
     """(variant-images per run, images per batch) for scoring ``runner``'s layer within a process budget of
-    ``memory`` bytes (the activations get what :func:`memory_plan` leaves them).
+    ``memory`` bytes (the activations get what :func:`working_bytes` leaves them).
 
     Only the tensors after the point where the variants fork (``runner.expansion``, else its mask site) are
-    V·N images large; ``run_size`` and ``batch_size`` are kept when they fit.
+    V·N images large; ``run_size`` and ``batch_size`` are kept when they fit. ``plan``: the same model's
+    :class:`MemoryPlan`, whose tensor sizes are reused.
     """
     proto = runner.batching.proto
     fork = runner.expansion.tensor if runner.expansion is not None else runner.site.tensor
-    per_image = activation_bytes_per_image(proto, runner.image_input, after=fork)
+    sizes = plan.sizes if plan is not None else None
+    per_image = activation_bytes_per_image(proto, runner.image_input, after=fork, sizes=sizes)
     sized = run_size_for(working_bytes(proto, memory), per_image, run_size)
     return sized, min(batch_size, sized)
 
@@ -195,6 +205,8 @@ class MemoryPlan:
     working: int
     forward_per_image: int | None
     gradient_per_image: int | None
+    #: (name, bytes at batch 1) of every activation shape inference sized: reused by :func:`budgeted_run`
+    sizes: list[tuple[str, int]] | None = field(default=None, repr=False, compare=False)
 
     def gradient_batch(self, requested: int, factor: float = 1.0, fixed: int | None = None) -> int:
         """Images per PyTorch forward+backward: ``requested``, or fewer when that many would not fit.
@@ -233,5 +245,6 @@ def memory_plan(
     proto: onnx.ModelProto, image_input: str, memory: int, weight_copies: int = WEIGHT_COPIES
 ) -> MemoryPlan:
     """The :class:`MemoryPlan` of ``proto`` under a process budget of ``memory`` bytes."""
-    named = _activation_sizes(proto, image_input)  # one shape inference for both estimates
-    return MemoryPlan(memory, working_bytes(proto, memory, weight_copies), _live_bytes(named), _gradient_bytes(named))
+    named = _activation_sizes(proto, image_input)  # one shape inference for every estimate
+    working = working_bytes(proto, memory, weight_copies)
+    return MemoryPlan(memory, working, _live_bytes(named), _gradient_bytes(named), named)

@@ -218,7 +218,7 @@ def analyse_neurons(
             from kernelscope.mirror import OnnxMirror
 
             mirror = OnnxMirror(inputs.batching.proto).to(prepared.device)
-        chunk = None if inputs.batching.batchable else (inputs.batching.fixed_batch or 1)
+        chunk = inputs.batching.run_batch
         twin = HeadTwin(mirror, data.preprocessing, inputs.image_input, head.feature_tensor, head.logits_tensor, chunk)
         feature_diff = _feature_parity(twin, deployed, data, prepared.check.tolerance, prepared.check.images)
         timings["mirror_check"] = time.perf_counter() - clock
