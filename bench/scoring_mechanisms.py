@@ -4,6 +4,7 @@
     python bench/scoring_mechanisms.py --models resnet8_e10 --limit 500
     python bench/scoring_mechanisms.py --models resnet18_224,mobilenetv2_224,resnet50_224 --limit 64
     python bench/scoring_mechanisms.py --models stem224 --limit 200   # the trained 224-px example
+    python bench/scoring_mechanisms.py --models resnet50_224 --limit 500 --variants 8   # 8 of 65 timed, scaled
 
 For each model, one onnxruntime thread everywhere, the same preprocessed images, the contenders interleaved
 variant group by variant group (the order rotating), so the machine's drift hits them alike:
@@ -21,6 +22,10 @@ to 224 px by ``--resize 256 --crop 224``, as it was trained. The other 224-px mo
 here with torch (torchvision's ResNet-18/-50 and MobileNetV2 shapes, random weights, BatchNormalization folded
 by the inference-mode export), on random 224 x 224 images: timing only, no accuracy is reported for them.
 Every contender's predictions are checked equal to the naive loop's.
+
+``--variants V`` times only the first variant groups covering V variants (the baseline first) and scales each
+contender's time to all C_out + 1 (every variant costs the same in each mechanism: the same network, one kernel
+dropped); auto's probe runs once per job and is added unscaled. For models whose full job takes hours here.
 """
 
 from __future__ import annotations
@@ -161,6 +166,7 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(SMALL))
     parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--variants", type=int, default=None, help="time this many variants, scale to all")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,7 +182,12 @@ def main() -> int:
             seconds = dict.fromkeys(contenders, 0.0)
             preds = {k: [] for k in contenders}
             order = list(contenders)
-            for g, group in enumerate(plan_groups(variants, BATCH, DEFAULT_RUN_SIZE)):
+            groups = plan_groups(variants, BATCH, DEFAULT_RUN_SIZE)
+            if args.variants:
+                covered = np.cumsum([len(g) for g in groups])
+                groups = groups[: int(np.searchsorted(covered, min(args.variants, variants))) + 1]
+            timed = sum(len(g) for g in groups)
+            for g, group in enumerate(groups):
                 # Interleaved group by group, the order rotating: this machine's speed drifts by +-10 % over
                 # seconds, which would swamp a difference of a few per cent between whole runs.
                 for label in order[g % 4 :] + order[: g % 4]:
@@ -188,11 +199,13 @@ def main() -> int:
                 different = int(np.count_nonzero(stacked[label] != stacked["naive"])) if label != "floor" else 0
                 if different:
                     print(f"  {name} {label}: {different} predictions differ from the naive loop's")
+            seconds = {k: v * variants / timed for k, v in seconds.items()}  # 1 unless --variants
             chosen, probe = _auto_choice(inputs, batches)
             seconds["auto"] = seconds[chosen] + probe
             row = {
                 "kernels": inputs.layer.out_channels,
                 "images": len(inputs.data),
+                "timed_variants": timed,
                 "seconds": seconds,
                 "vs_floor": {k: v / seconds["floor"] for k, v in seconds.items()},
                 "naive_vs_auto": seconds["naive"] / seconds["auto"],
@@ -201,7 +214,9 @@ def main() -> int:
             }
             results[name] = row
             print(
-                f"{name}: {row['kernels']} kernels x {row['images']} images; "
+                f"{name}: {row['kernels']} kernels x {row['images']} images"
+                + (f" ({timed} of {variants} variants timed, scaled)" if timed < variants else "")
+                + "; "
                 + ", ".join(f"{k} {v:.2f} s ({row['vs_floor'][k]:.3f}x)" for k, v in seconds.items())
                 + f"; naive / auto {row['naive_vs_auto']:.2f}; auto chose {chosen} (probe {probe:.2f} s)",
                 flush=True,

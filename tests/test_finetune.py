@@ -439,3 +439,27 @@ def test_finetuning_in_micro_batches_takes_the_steps_of_whole_batches(tiny):
         np.testing.assert_allclose(states[1][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
     original = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     assert any(not np.allclose(states[0][n], original[n]) for n in names)  # it did tune
+
+
+def test_only_the_choosable_candidate_keeps_its_tuned_weights():
+    """Judged one by one and released after each, the search ends holding exactly the payload `choose` picks
+    from all of them (ties keep the first; ineligible candidates never hold one)."""
+    from kernelscope.harden.search import Candidate, choose, release_unchosen
+
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        original_worst = float(rng.choice([0.1, 0.3]))
+        pool: list[Candidate] = []
+        for i in range(int(rng.integers(1, 9))):
+            worst = float(rng.choice([0.0, 0.1, 0.3, 0.4, 0.5]))  # repeats: ties happen
+            candidate = Candidate(
+                "jacobian", f"run {i}", float(rng.choice([0.5, 0.6])), worst, worst, worst, worst,
+                within_budget=bool(rng.random() < 0.8), epoch=int(rng.integers(1, 3)), payload={"w": i},
+            )  # fmt: skip
+            pool.append(candidate)
+            release_unchosen(pool, choose(pool, original_worst))
+        best = choose(pool, original_worst)
+        held = [c for c in pool if c.payload is not None]
+        assert held == ([best] if best is not None else []), trial
+        if best is not None:
+            assert best.payload == {"w": pool.index(best)}

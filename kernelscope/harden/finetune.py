@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -144,11 +144,14 @@ def finetune(
     *,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
     progress: Progress = NO_PROGRESS,
+    keep_states: bool = True,
 ) -> FinetuneRun:
     """Fine-tune ``view``'s parameters from their current values with ``method``; one checkpoint per epoch.
 
     The view is left holding the last epoch's values. Batches are drawn in a seeded order per epoch; a
-    batch whose loss or gradient is not finite is skipped (counted), never applied.
+    batch whose loss or gradient is not finite is skipped (counted), never applied. ``keep_states=False``:
+    the run's checkpoints keep their figures but not the tuned values, which only ``on_checkpoint`` receives
+    (each is a copy of the tuned weights: on a large model a few of them are gigabytes).
     """
     import torch
 
@@ -185,7 +188,7 @@ def finetune(
             checkpoint = Checkpoint(
                 method.name, method.label, strength, epoch, view.state(), total / max(batches, 1), n * epoch
             )
-            run.checkpoints.append(checkpoint)
+            run.checkpoints.append(checkpoint if keep_states else replace(checkpoint, state={}))
             if on_checkpoint is not None:
                 on_checkpoint(checkpoint)
     run.seconds = time.perf_counter() - started

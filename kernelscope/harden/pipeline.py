@@ -58,6 +58,7 @@ from kernelscope.harden.search import (
     choose,
     finetune_candidates,
     from_robustness,
+    release_unchosen,
 )
 from kernelscope.harden.svd import (
     SVD_MODES,
@@ -326,7 +327,9 @@ def harden_model(
     timings["original_validation"] = time.perf_counter() - clock
 
     candidates: list[Candidate] = []
-    payloads: dict[int, tuple[onnx.ModelProto, NullFilter | None]] = {}
+    # An SVD candidate keeps its filtered first-layer weight, not its whole model: the model is rebuilt for
+    # the one chosen (a grid of levels would otherwise hold a model copy per level).
+    payloads: dict[int, tuple[np.ndarray, NullFilter | None]] = {}
     first_level = None
     clock = time.perf_counter()
     if "svd" in methods:
@@ -355,7 +358,8 @@ def harden_model(
                     noise_level=float(level), source=source, tau=info.tau, alpha=info.alpha,
                     kept_singular_values=info.kept_singular_values,
                 )  # fmt: skip
-                payloads[id(candidate)] = (proto, info)
+                payloads[id(candidate)] = (weight, info)
+                del proto, candidate_model  # this level's model, session and mirror
                 candidates.append(candidate)
                 task.advance()
     runs: list[FinetuneRun] = []
@@ -369,13 +373,15 @@ def harden_model(
             strengths={m: config.strengths or DEFAULT_STRENGTHS[m] for m in finetuning}, memory=plan,
         )  # fmt: skip
         found, runs = finetune_candidates(
-            finetuning, setup, val, search_suite, val_transfer, original_clean, config.clean_budget, pre, progress
-        )
+            finetuning, setup, val, search_suite, val_transfer, original_clean, config.clean_budget, pre, progress,
+            keep=lambda found: choose(found, original_val.accuracy("worst")),
+        )  # fmt: skip
         candidates.extend(found)
     timings["search"] = time.perf_counter() - clock
 
     forced = config.noise is not None and config.method == "svd"
     chosen = candidates[0] if forced else choose(candidates, original_val.accuracy("worst"))
+    release_unchosen(candidates, chosen)  # the others' tuned weights go before the held-out measurement
 
     clock = time.perf_counter()
     # The original's session and parity-checked mirror serve the held-out part too (no second build).
@@ -390,7 +396,8 @@ def harden_model(
     changed: list[str] = []
     if chosen is not None:
         if chosen.method == "svd":
-            hardened, info = payloads[id(chosen)]
+            weight, info = payloads[id(chosen)]
+            hardened = replace_conv_weight(inputs.model.proto, layer, weight)
         else:
             hardened = write_back(inputs.model.proto, chosen.payload)
         changed = changed_initializers(inputs.model.proto, hardened)

@@ -97,6 +97,18 @@ def choose(candidates: Sequence[Candidate], original_worst: float) -> Candidate 
     return max(eligible, key=lambda c: c.key, default=None)
 
 
+def release_unchosen(candidates: Sequence[Candidate], chosen: Candidate | None) -> None:
+    """Drop the payload of every candidate but ``chosen``.
+
+    A fine-tuning candidate's payload is a copy of every tuned weight (a ResNet-50: 100 MB), one per epoch
+    and strength. :func:`choose` is a maximum by key among candidates judged one by one (ties keep the
+    first), so a candidate that is not its choice now never becomes it: releasing the others after each
+    judgement keeps one copy, not one per candidate."""
+    for candidate in candidates:
+        if candidate is not chosen:
+            candidate.payload = None
+
+
 @dataclass(frozen=True)
 class FinetuneSetup:
     """What every fine-tuning method needs."""
@@ -171,8 +183,13 @@ def finetune_candidates(
     preprocessing,
     progress: Progress = NO_PROGRESS,
     on_candidate: Callable[[Candidate], None] | None = None,
+    keep: Callable[[list[Candidate]], Candidate | None] | None = None,
 ) -> tuple[list[Candidate], list[FinetuneRun]]:
-    """Run every method at every strength from the original weights; every epoch is a candidate."""
+    """Run every method at every strength from the original weights; every epoch is a candidate.
+
+    Each candidate's payload is its tuned values; the runs' checkpoints do not keep them. With ``keep`` (the
+    caller's choice among the candidates so far, e.g. :func:`choose` with the original's worst case), only
+    that candidate's payload is kept as the search goes (see :func:`release_unchosen`)."""
     candidates: list[Candidate] = []
     runs: list[FinetuneRun] = []
     for name in methods:
@@ -197,8 +214,16 @@ def finetune_candidates(
                     payload=checkpoint.state,
                 )  # fmt: skip
                 candidates.append(candidate)
+                if keep is not None:
+                    release_unchosen(candidates, keep(candidates))
                 if on_candidate is not None:
                     on_candidate(candidate)
 
-            runs.append(finetune(view, method, strength, setup.train, settings, on_checkpoint=judge, progress=progress))
+            run = finetune(
+                view, method, strength, setup.train, settings, on_checkpoint=judge, progress=progress,
+                keep_states=False,
+            )  # fmt: skip
+            runs.append(run)
+            # This strength's trainable copy (weights, gradients) goes before the next one is made.
+            del mirror, parameters, view, method, twin, judge
     return candidates, runs
