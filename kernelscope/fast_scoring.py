@@ -10,7 +10,10 @@ reported as one.
 ``hybrid``: Taylor first, then exact scoring (the same one-session engine) of the kernels whose side is in
 doubt. The screen runs on a seeded random subset of at most :data:`SCREEN_IMAGES` images: the estimate's
 error is its first-order error, not sampling noise (on the reference models 256 random images rank kernels
-as well as 1,000-5,000, docs/method.md §10), so a larger screen would only add cost. The exact accuracies
+as well as 1,000-5,000, docs/method.md §10), so a larger screen would only add cost. It is smaller where
+256 forward+backward passes would cost more than :data:`SCREEN_SHARE` of the exact job it is meant to
+shorten (:func:`screen_size`: a count from the graph's arithmetic, never from timings, so the same run
+screens the same images anywhere). The exact accuracies
 measured so far calibrate the estimates of the others (a least-squares line, or a parabola where it predicts
 left-out kernels better); a kernel not scored exactly counts as settled when its predicted accuracy is
 further from the estimated mean than four leave-one-out prediction errors. Rounds of exact scoring continue,
@@ -34,6 +37,14 @@ from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, predict_vari
 
 METHODS = ("exact", "taylor", "hybrid")
 SCREEN_IMAGES = 256  # images the hybrid's Taylor screen sees at most (a seeded random subset)
+#: ... and at least (fewer only when there are fewer images): below this its ranking loses quality fast
+#: (docs/method.md §10).
+MIN_SCREEN_IMAGES = 64
+#: The screen may cost at most this share of the exact job it is meant to shorten.
+SCREEN_SHARE = 0.05
+#: One forward+backward of the PyTorch mirror costs about this many onnxruntime forwards of the same image
+#: (measured, 2 CPU threads: 7 on the 32-px example CNN, 11 on the 224-px stem example).
+GRADIENT_FORWARDS = 10
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,19 @@ def screen_subset(data: PreparedData, images: int, seed: int = 0) -> PreparedDat
     return PreparedData(select_examples(data.dataset, images, seed), data.preprocessing)
 
 
+def screen_size(runner: KernelDropRunner, images: int, cap: int = SCREEN_IMAGES) -> int:
+    """How many images the hybrid's screen sees: at most ``cap``, and at most :data:`SCREEN_SHARE` of the
+    exact job in forward-pass equivalents — (C_out + 1) x N variants, each running the part of the network
+    after the variants' fork — at :data:`GRADIENT_FORWARDS` per screened image; never under
+    :data:`MIN_SCREEN_IMAGES` (or all the images, when fewer)."""
+    share = runner.share_after_fork()
+    if share is None:
+        return min(cap, images)
+    job = (runner.channels + 1) * images * share
+    affordable = int(SCREEN_SHARE * job / GRADIENT_FORWARDS)
+    return min(images, cap, max(MIN_SCREEN_IMAGES, affordable))
+
+
 def hybrid_split(
     runner: KernelDropRunner,
     data: PreparedData,
@@ -135,15 +159,19 @@ def hybrid_split(
     batch_size: int = 128,
     run_size: int = DEFAULT_RUN_SIZE,
     round_size: int = 8,
-    screen_images: int = SCREEN_IMAGES,
+    screen_images: int | None = None,
     seed: int = 0,
     loss: str = "cross_entropy",
     progress: Progress = NO_PROGRESS,
     backend: Backend | None = None,
     gradient_batch: int | None = None,
 ) -> HybridResult:
-    """Taylor screening plus exact scoring of the doubtful kernels until the split is settled."""
+    """Taylor screening plus exact scoring of the doubtful kernels until the split is settled.
+
+    ``screen_images``: the screen's size (default: :func:`screen_size`)."""
     started = time.perf_counter()
+    if screen_images is None:
+        screen_images = screen_size(runner, len(data))
     screen = screen_subset(data, screen_images, seed)
     estimate = taylor_estimate(
         runner, screen, batch_size=batch_size, loss=loss, progress=progress, gradient_batch=gradient_batch
@@ -271,7 +299,7 @@ class FastScoring:
 def fast_score(
     method: str, runner: KernelDropRunner, data: PreparedData, *, batch_size: int = 128,
     run_size: int = DEFAULT_RUN_SIZE, loss: str = "cross_entropy", progress: Progress = NO_PROGRESS,
-    backend: Backend | None = None, seed: int = 0, screen_images: int = SCREEN_IMAGES,
+    backend: Backend | None = None, seed: int = 0, screen_images: int | None = None,
     gradient_batch: int | None = None,
 ) -> FastScoring:  # fmt: skip
     """Run the ``taylor`` or ``hybrid`` scorer and package its result (``gradient_batch``: see

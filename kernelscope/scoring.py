@@ -288,6 +288,12 @@ class KernelDropRunner:
             self._dropper = None  # its copy of the serialized model is not needed
         return self.mechanism
 
+    def share_after_fork(self) -> float | None:
+        """The share of the model's multiply-accumulates each variant must run on its own (after the point where
+        the variants fork; the part before it can run once per image); None when it cannot be estimated."""
+        share = share_before(self._plain_model(), self._fork_tensor())
+        return None if share is None else 1.0 - share
+
     def _fork_tensor(self) -> str:
         """The tensor where the kernel variants part (the block input for a bypassed layer, else the mask site)."""
         return self.expansion.tensor if self.expansion is not None else self.site.tensor

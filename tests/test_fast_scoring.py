@@ -133,3 +133,35 @@ def test_hybrid_scores_the_rest_at_once_when_every_kernel_is_in_doubt(monkeypatc
     result, rounds = _stubbed_hybrid(monkeypatch, importance, truth)
     assert result.exact_kernels == list(range(64))
     assert rounds == [8, 8, 48]
+
+
+def test_the_screen_costs_at_most_its_share_of_the_exact_job(monkeypatch):
+    """The hybrid screens fewer images where 256 forward+backward passes would cost more than 5 % of the exact
+    job: (C_out + 1) x N variants of the network after the fork, at 10 forwards per screened image."""
+    import kernelscope.fast_scoring as fast
+    from kernelscope.model.first_conv import find_conv
+    from kernelscope.scoring import KernelDropRunner
+
+    from builders import conv_classifier
+
+    proto = conv_classifier(out_channels=6, in_channels=3, size=8, classes=4)
+    runner = KernelDropRunner(proto, find_conv(proto, "image"), "image", "logits")
+    # By hand: the Conv holds 6·3·9·64 = 10,368 multiply-accumulates per image, the Gemm 4·6 = 24; the variants
+    # fork after the Conv's ReLU, so each runs only the Gemm's share on its own.
+    assert runner.share_after_fork() == pytest.approx(24 / 10_392)
+    assert fast.screen_size(runner, 500) == 64  # 0.05 x 7 x 500 x 0.0023 / 10 is far below the floor
+    assert fast.screen_size(runner, 40) == 40  # fewer images than the floor: all of them
+
+    monkeypatch.setattr(KernelDropRunner, "share_after_fork", lambda self: 1.0)  # every variant a full forward
+    # 0.05 x (6 + 1) x N / 10 = 0.035 N images
+    assert [fast.screen_size(runner, n) for n in (1_000, 4_000, 10_000)] == [64, 140, 256]
+    monkeypatch.setattr(KernelDropRunner, "share_after_fork", lambda self: None)  # arithmetic unknown: the cap
+    assert fast.screen_size(runner, 1_000) == 256
+
+
+def test_the_hybrid_reports_the_screen_it_ran(tmp_path):
+    report = inspect_model(MODEL, InspectConfig(data=str(SAMPLE), limit=300, attack=False, method="hybrid"))
+    from kernelscope.fast_scoring import MIN_SCREEN_IMAGES
+
+    # 32 kernels x 300 images is a short exact job: the screen is the floor, a seeded random 64 of the 300.
+    assert report.fast.screened_images == MIN_SCREEN_IMAGES
