@@ -76,7 +76,7 @@ from kernelscope.mirror.trainable import TUNE_SCOPES, TunableSelection, find_tun
 from kernelscope.model.batching import Batching, resolve_batching
 from kernelscope.model.first_conv import find_conv
 from kernelscope.model.loading import TORCHSCRIPT_SUFFIXES
-from kernelscope.model.memory import HARDEN_WEIGHT_COPIES, budgeted_run, memory_plan
+from kernelscope.model.memory import HARDEN_WEIGHT_COPIES, budgeted_run, memory_plan, release_memory
 from kernelscope.model.surgery.replace_weight import replace_conv_weight, set_metadata
 from kernelscope.progress import NO_PROGRESS, Progress
 from kernelscope.robustness import PreparedAttack, epsilon_kind, prepare_attack, run_attack
@@ -297,7 +297,9 @@ def harden_model(
     scoring = score_kernels(
         runner, val, batch_size=batch, run_size=run_size, seed=base.seed, bootstrap=0, progress=progress
     )
-    runner.release()  # the candidates' judgement builds its own sessions
+    # The candidates' judgement builds its own sessions: the runner's (and its masked and plain models) go.
+    del runner
+    release_memory()
     fragile, null = scoring.fragile, scoring.null
     timings["scoring"] = time.perf_counter() - clock
     if "svd" in methods and (not fragile or not null):
@@ -360,6 +362,7 @@ def harden_model(
                 )  # fmt: skip
                 payloads[id(candidate)] = (weight, info)
                 del proto, candidate_model  # this level's model, session and mirror
+                release_memory()
                 candidates.append(candidate)
                 task.advance()
     runs: list[FinetuneRun] = []
@@ -382,6 +385,7 @@ def harden_model(
     forced = config.noise is not None and config.method == "svd"
     chosen = candidates[0] if forced else choose(candidates, original_val.accuracy("worst"))
     release_unchosen(candidates, chosen)  # the others' tuned weights go before the held-out measurement
+    release_memory()
 
     clock = time.perf_counter()
     # The original's session and parity-checked mirror serve the held-out part too (no second build).
@@ -389,6 +393,12 @@ def harden_model(
     before = _measure(
         original, inputs, evaluation, sweep, fragile, null, measured, progress, held_out_suite, held_transfer
     )
+    # The original's session and mirror are not needed past this point: they go before the hardened model's are
+    # built, so the two models' copies are never alive together.
+    devices = {"onnxruntime": onnxruntime_device(original.evaluator.session), "torch": original.prepared.device}
+    del original, original_twin, original_judge
+    if finetuning:
+        del setup  # it holds the original's mirror
     after = None
     hardened = None
     info = None
@@ -400,6 +410,9 @@ def harden_model(
             hardened = replace_conv_weight(inputs.model.proto, layer, weight)
         else:
             hardened = write_back(inputs.model.proto, chosen.payload)
+        chosen.payload = None  # now in ``hardened``
+        payloads.clear()
+        release_memory()
         changed = changed_initializers(inputs.model.proto, hardened)
         after_model = _model(hardened, inputs, evaluation, base)
         after = _measure(
@@ -436,7 +449,7 @@ def harden_model(
         changed_initializers=changed,
         attacks=held_out_suite.describe(),
         clean_budget=config.clean_budget,
-        devices={"onnxruntime": onnxruntime_device(original.evaluator.session), "torch": original.prepared.device},
+        devices=devices,
     )
     if memory_note:
         report.warnings.append(memory_note)

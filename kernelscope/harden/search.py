@@ -29,6 +29,7 @@ from kernelscope.harden.finetune import (
 )
 from kernelscope.harden.jacobian import JacobianRegularization, relu_outputs
 from kernelscope.harden.sensitivity import SensitivityRegularization, head_weight
+from kernelscope.model.memory import release_memory
 from kernelscope.progress import NO_PROGRESS, Progress
 
 #: ``harden --method`` values; ``all`` runs every one of the others.
@@ -226,4 +227,5 @@ def finetune_candidates(
             runs.append(run)
             # This strength's trainable copy (weights, gradients) goes before the next one is made.
             del mirror, parameters, view, method, twin, judge
+            release_memory()
     return candidates, runs
