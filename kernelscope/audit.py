@@ -36,7 +36,7 @@ from kernelscope.layers import LayerAudit, most_damaging, score_layer
 from kernelscope.model.batching import Batching, resolve_batching
 from kernelscope.model.first_conv import ConvLayer, LayerSelection, find_conv, select_convs
 from kernelscope.model.loading import LoadedModel, TensorInfo, load_model
-from kernelscope.model.memory import DEFAULT_MEMORY, budgeted_run, memory_plan
+from kernelscope.model.memory import DEFAULT_MEMORY, budgeted_run, memory_plan, release_memory
 from kernelscope.progress import NO_PROGRESS, Progress
 from kernelscope.scoring import DEFAULT_RUN_SIZE, KernelDropRunner, ScoringResult
 
@@ -347,6 +347,7 @@ def inspect_model(
     finally:
         backend.close()
     runner.release()  # the scoring session is not needed by the attack: free its memory first
+    release_memory()
     scoring, fast = audits[0].scoring, audits[0].fast
     if scoring is not None:
         timings["scoring"] = scoring.seconds
