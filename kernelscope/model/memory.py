@@ -39,9 +39,9 @@ PROCESS_BYTES = 384 << 20
 #: Copies of the model's weights alive at once: the loaded model, onnxruntime's session (prepacked), the
 #: PyTorch mirror, a variant session being built while the previous one still runs.
 WEIGHT_COPIES = 4
-#: ... and in ``harden``, which also holds a trainable copy with its gradient and Adam's two moments, every
-#: epoch's checkpoint, the hardened model and its own session and mirror (measured: a 100 MB ResNet-50
-#: peaked at 3.1 GB under a 2 GB budget counting 4 copies).
+#: ... and in ``harden``, which also holds a trainable copy with its gradient and Adam's two moments, the
+#: chosen candidate's tuned weights, the hardened model and its own session and mirror (measured: a 100 MB ResNet-50
+#: peaked at 3.1 GB under a 2 GB budget counting 4 copies; at 1.96 GiB counting 12, with the stages freed).
 HARDEN_WEIGHT_COPIES = 12
 #: Preprocessed images kept at once when variants run one after the other (at most; less for small budgets).
 MAX_BLOCK_BYTES = 256 << 20
