@@ -122,6 +122,28 @@ def test_data_that_does_not_fit(capsys, tmp_path, model_path, make_data, message
     assert message in err
 
 
+def test_a_model_that_takes_flat_vectors_is_told_apart_from_a_size_mismatch(capsys, tmp_path):
+    """An MLP exported without its Flatten (input 784 x 1) gets no advice to resize 28 x 28 images to 784 x 1."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [3, 16], np.ones((3, 16), np.float32).ravel().tolist())
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["image"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "w"], ["logits"], transB=1),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 16, 1])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
+        [weight],
+    )  # fmt: skip
+    path = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "mlp.onnx")
+    data = random_npz(tmp_path / "gray4.npz", size=4, channels=1, classes=3)
+    code, _, err = _run(capsys, "neurons", path, "--data", data)
+    assert code == 2
+    _assert_one_line_error(err)
+    assert "the model takes a flat vector of 16 values (16x1), not 4x4 images" in err
+    assert "--size 16,1" not in err
+
+
 def test_conversion_options_make_mismatched_data_fit(capsys, tmp_path, model_path):
     data = random_npz(tmp_path / "gray6.npz", size=6, channels=1)
     code, _, err = _run(capsys, "inspect", model_path, "--data", data, "--size", "8,8", "--channels", 3, "-q")

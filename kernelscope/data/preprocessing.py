@@ -306,6 +306,14 @@ def _pick_size(option, model_size, meta_size, dataset: ImageDataset) -> tuple[tu
             )
         return size, "option"
     if model_size is not None:
+        if data_size != model_size and 1 in model_size and np.prod(model_size) == np.prod(data_size):
+            # A vector of every pixel (an MLP exported without its Flatten): resizing would not flatten the image.
+            values = int(np.prod(model_size))
+            raise DataError(
+                f"the model takes a flat vector of {values} values ({model_size[0]}x{model_size[1]}), "
+                f"not {data_size[0]}x{data_size[1]} images: kernelscope feeds images as they are and does not flatten "
+                "them (--size would resize, not flatten); export the model with an image input and a Flatten inside"
+            )
         if data_size != model_size:
             raise DataError(
                 f"the images are {data_size[0]}x{data_size[1]} but the model takes {model_size[0]}x{model_size[1]}; "
