@@ -48,9 +48,12 @@ def check_session_device(session, providers: Sequence[str] | None) -> None:
     """A :class:`ModelError` when CUDA was asked for (first in ``providers``) but the session runs without it:
     onnxruntime falls back to the CPU with only a log line when the CUDA libraries fail to load."""
     if providers and providers[0] == "CUDAExecutionProvider" and onnxruntime_device(session) != "cuda":
+        from kernelscope.runtime import cuda_provider_problem
+
+        why = cuda_provider_problem() or "its CUDA or cuDNN libraries did not load for this model"
         raise ModelError(
-            "--device cuda: onnxruntime could not start its CUDA provider (its CUDA or cuDNN libraries did not "
-            "load; KERNELSCOPE_ORT_LOG_LEVEL=2 shows why); fix the CUDA install or use --device cpu"
+            f"--device cuda: onnxruntime could not start its CUDA provider ({why}; KERNELSCOPE_ORT_LOG_LEVEL=2 "
+            "shows more); fix the CUDA install or use --device cpu"
         )
 
 

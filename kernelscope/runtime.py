@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import os
 import re
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,12 +32,70 @@ def session_options():  # -> onnxruntime.SessionOptions
 
 
 def default_providers() -> list[str]:
-    """CUDA first when ``onnxruntime-gpu`` is installed and sees a GPU, then CPU."""
+    """CUDA first when ``onnxruntime-gpu`` is installed and its CUDA provider starts here, then CPU."""
+    return (
+        ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if cuda_provider_problem() is None
+        else ["CPUExecutionProvider"]
+    )
+
+
+def _preload_cuda_libraries() -> str | None:
+    """Load the CUDA and cuDNN libraries of the NVIDIA pip packages (those a CUDA build of torch or
+    ``onnxruntime-gpu[cuda,cudnn]`` installs) before the first CUDA session, so that the provider finds them
+    whether or not torch was imported first; the first library that failed to load, or None."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    chosen = [p for p in ("CUDAExecutionProvider",) if p in available]
-    return [*chosen, "CPUExecutionProvider"]
+    if not hasattr(ort, "preload_dlls"):  # before onnxruntime 1.21: the system's library path only
+        return None
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):  # it prints each failure: kernelscope says it in one line
+            ort.preload_dlls()
+    except Exception as exc:  # a broken install must not stop a run that may still work on the CPU
+        return _first_line(exc)
+    failed = re.search(r"Failed to load (\S+?):", printed.getvalue())
+    return os.path.basename(failed.group(1)) if failed else None
+
+
+@functools.cache
+def cuda_provider_problem() -> str | None:
+    """None when onnxruntime's CUDA provider starts in this process; else why not, in a few words.
+
+    ``onnxruntime-gpu`` lists the CUDA provider as available whether or not a GPU and the CUDA libraries are
+    there, and a session asked for it falls back to the CPU with only a log line. So it is tried once, on a
+    one-node model, before ``--device auto`` picks it (or ``--device cuda`` insists on it).
+    """
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "this onnxruntime has no CUDA provider (install onnxruntime-gpu in place of onnxruntime)"
+    missing = _preload_cuda_libraries()
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "cuda_probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    # IR version 7 (opset 13's): any onnxruntime reads it, whatever IR the installed onnx writes by default
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    try:
+        with warnings.catch_warnings():  # onnxruntime warns of a provider it cannot use: the answer says it
+            warnings.simplefilter("ignore")
+            probe = ort.InferenceSession(
+                model.SerializeToString(),
+                sess_options=session_options(),
+                providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+            )
+        started = "CUDAExecutionProvider" in probe.get_providers()
+    except Exception as exc:
+        return f"its CUDA provider failed to start: {_first_line(exc)}"
+    if started:
+        return None
+    why = f"{missing} did not load" if missing else "no GPU is visible, or its CUDA or cuDNN libraries did not load"
+    return f"its CUDA provider did not start ({why})"
 
 
 _SHARED_ARENA: list[bool] = []  # whether this process registered onnxruntime's shared CPU arena
@@ -174,7 +236,7 @@ def u8s8_saturates(providers: Sequence[str] | None = None) -> bool:
             [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1])],
             [numpy_helper.from_array(np.full((2, 1), 127, np.int8), "b")],
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
         try:
             (y,) = make_session(model, key).run(None, {"a": np.full((1, 2), 255, np.uint8)})
             _SATURATION_PROBE[key] = int(np.asarray(y).reshape(-1)[0]) != 2 * 255 * 127

@@ -52,3 +52,57 @@ def test_device_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
     assert main(["inspect", str(model), "-d", str(data), "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--device cuda" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture
+def gpu_build_without_a_gpu(monkeypatch):
+    """onnxruntime as onnxruntime-gpu shows itself on a machine whose CUDA cannot start: the CUDA provider
+    listed as available, and a session asked for it running on the CPU (what this CPU build does too)."""
+    import onnxruntime as ort
+
+    from kernelscope import runtime
+
+    listed = ["CUDAExecutionProvider", *ort.get_available_providers()]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
+
+    def preload_dlls(*_args, **_kwargs):  # what onnxruntime-gpu 1.31 prints without the CUDA 13 libraries
+        print("Failed to load /site/nvidia/cu13/lib/libcublasLt.so.13: cannot open shared object file")
+        print("Please follow https://onnxruntime.ai/docs/install/#cuda-and-cudnn to install CUDA.")
+
+    monkeypatch.setattr(ort, "preload_dlls", preload_dlls, raising=False)
+    runtime.cuda_provider_problem.cache_clear()
+    yield
+    runtime.cuda_provider_problem.cache_clear()
+
+
+def test_a_cpu_onnxruntime_is_never_asked_for_cuda():
+    from kernelscope import runtime
+
+    runtime.cuda_provider_problem.cache_clear()
+    assert "no CUDA provider" in runtime.cuda_provider_problem()
+    assert runtime.default_providers() == ["CPUExecutionProvider"]
+
+
+def test_a_listed_cuda_provider_that_cannot_start_is_not_taken(gpu_build_without_a_gpu, capsys):
+    from kernelscope.runtime import cuda_provider_problem, default_providers
+
+    problem = cuda_provider_problem()
+    assert problem == "its CUDA provider did not start (libcublasLt.so.13 did not load)"
+    assert capsys.readouterr().out == ""  # onnxruntime's own printing is kept off the report
+    assert default_providers() == ["CPUExecutionProvider"]  # auto: the CPU, not a session that falls back
+
+
+def test_auto_says_why_onnxruntime_gpu_is_not_used_and_cuda_refuses_before_any_work(
+    gpu_build_without_a_gpu, tmp_path, capsys
+):
+    model = save(conv_classifier(out_channels=4), tmp_path / "m.onnx")
+    data = random_npz(tmp_path / "d.npz", n=12)
+    out = tmp_path / "r.json"
+    assert main(["inspect", str(model), "-d", str(data), "--no-attack", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "onnxruntime runs on the CPU: its CUDA provider did not start (libcublasLt.so.13" in captured.err
+    assert json.loads(out.read_text())["devices"]["onnxruntime"] == "cpu"
+    assert main(["inspect", str(model), "-d", str(data), "--device", "cuda", "--json", str(tmp_path / "c.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "libcublasLt.so.13 did not load" in err and "--device cpu" in err
+    assert not (tmp_path / "c.json").exists()

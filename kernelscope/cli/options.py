@@ -256,20 +256,30 @@ def preprocessing_options(
 
 def providers_for(device: str) -> tuple[str, ...] | None:
     """onnxruntime providers for ``--device auto|cpu|cuda``."""
-    import onnxruntime as ort
-
     from kernelscope.devices import check_device
+    from kernelscope.runtime import cuda_provider_problem
 
     device = check_device(device)
     if device == "auto":
+        import onnxruntime as ort
+
+        # onnxruntime-gpu is installed but will not be used: say why, rather than leave the user to wonder
+        if "CUDAExecutionProvider" in ort.get_available_providers() and (problem := cuda_provider_problem()):
+            from kernelscope.cli.context import error_console
+
+            error_console().print(
+                f"note: onnxruntime runs on the CPU: {problem} (--device cuda to insist)",
+                style="dim",
+                markup=False,
+                soft_wrap=True,
+            )
         return None
     if device == "cpu":
         return ("CPUExecutionProvider",)
     if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise UsageError(
-                "--device cuda needs onnxruntime-gpu with a visible GPU; install onnxruntime-gpu or use cpu"
-            )
+        problem = cuda_provider_problem()  # tried once here: the run stops before any work, not at its first session
+        if problem:
+            raise UsageError(f"--device cuda: onnxruntime cannot run on a GPU here: {problem}; or use --device cpu")
         return ("CUDAExecutionProvider", "CPUExecutionProvider")
     raise UsageError(f"--device must be auto, cpu or cuda, not {device!r}")
 
