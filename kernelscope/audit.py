@@ -29,7 +29,7 @@ from kernelscope.data.preprocessing import (
     resolve_preprocessing,
     select_examples,
 )
-from kernelscope.devices import expected_onnxruntime_device, torch_device
+from kernelscope.devices import torch_device
 from kernelscope.errors import DataError, ModelError, UsageError
 from kernelscope.fast_scoring import METHODS, FastScoring
 from kernelscope.layers import LayerAudit, most_damaging, score_layer
@@ -431,13 +431,8 @@ def inspect_model(
         layers=audits if selection is not None else None,
         skipped_layers=skipped,
         devices={
-            # The driver of a Ray run builds no scoring session: its workers ran the providers it asked for.
-            "onnxruntime": runner.device
-            or (
-                expected_onnxruntime_device(config.providers)
-                if config.backend == "ray" and timings.get("ray_remote_tasks")
-                else None
-            ),
+            # (on Ray, where the workers' sessions ran: the driver builds none)
+            "onnxruntime": runner.device,
             "torch": prepared.device if prepared is not None else None,
         },
     )

@@ -55,11 +55,3 @@ def check_session_device(session, providers: Sequence[str] | None) -> None:
             f"--device cuda: onnxruntime could not start its CUDA provider ({why}; KERNELSCOPE_ORT_LOG_LEVEL=2 "
             "shows more); fix the CUDA install or use --device cpu"
         )
-
-
-def expected_onnxruntime_device(providers: Sequence[str] | None) -> str:
-    """Where sessions built with ``providers`` run (for sessions built elsewhere, e.g. on Ray workers, whose
-    explicit CUDA requests :func:`check_session_device` checked there)."""
-    from kernelscope.runtime import default_providers
-
-    return "cuda" if next(iter(providers or default_providers())) == "CUDAExecutionProvider" else "cpu"

@@ -124,17 +124,21 @@ class RayBackend:
                     ref = self._remote.remote(key, [spec], shards[task.shard], masks[task.group], decisions[shape])
                     pending[ref] = (task, None)
             remote_tasks = list(pending.values())
+            devices: set[str] = set()  # where the workers' sessions ran: the report names them, not a guess
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     task, runs_ref = pending.pop(ref)
                     if runs_ref is None:
-                        result, task_runs = _get(ray, ref)
+                        result, task_runs, device = _get(ray, ref)
                     else:
-                        result, task_runs = _get(ray, ref), _get(ray, runs_ref)
+                        (result, device), task_runs = _get(ray, ref), _get(ray, runs_ref)
                     preds[task.group, task.start : task.stop] = result
                     runs += task_runs
+                    devices.add(device)
                     bar.advance(task.evaluations)
+            if devices:
+                runner.device = "+".join(sorted(devices))  # "cpu+cuda" when some nodes had no working GPU
             for decision in decisions.values():  # in the order the shapes first came, as the local backend
                 runner.adopt_stacking(_get(ray, decision))
         self.remote_tasks += len(remote_tasks)
@@ -211,21 +215,23 @@ def _inject_fault() -> None:
 
 
 def _probe_task(key: str, spec_ref: list, x: np.ndarray, masks: np.ndarray):
-    """The first task of a shape: its predictions, its runs, and the stacking decision the check made."""
+    """The first task of a shape: its predictions with the device its session ran on, its runs, and the
+    stacking decision the check made."""
     _inject_fault()
     runner = _worker_runner(key, spec_ref)
     before = runner.session_runs
     preds = runner.predict(x, masks)
-    return preds, runner.session_runs - before, runner.stacking_state((masks.shape[0], x.shape[0]))
+    return (preds, runner.device), runner.session_runs - before, runner.stacking_state((masks.shape[0], x.shape[0]))
 
 
-def _score_task(key: str, spec_ref: list, x: np.ndarray, masks: np.ndarray, state) -> tuple[np.ndarray, int]:
+def _score_task(key: str, spec_ref: list, x: np.ndarray, masks: np.ndarray, state) -> tuple[np.ndarray, int, str]:
     """Any other task: predictions (V_group, images) of the shard under the group's masks, with the shape's
-    stacking decision (``state``, from its probe) adopted, so no check is repeated."""
+    stacking decision (``state``, from its probe) adopted, so no check is repeated; its runs and the device
+    its session ran on."""
     _inject_fault()
     runner = _worker_runner(key, spec_ref)
     if state is not None:
         runner.adopt_stacking(state)
     before = runner.session_runs
     preds = runner.predict(x, masks)
-    return preds, runner.session_runs - before
+    return preds, runner.session_runs - before, runner.device
