@@ -455,6 +455,7 @@ def _score_layers(
         method=config.method, compare_exact=config.compare_exact, batch_size=config.batch_size,
         run_size=config.run_size, seed=config.seed, bootstrap=config.bootstrap, loss=loss, backend=backend,
         progress=progress, gradient_batch=gradient_batch,
+        device=prepared.device if prepared is not None else "cpu",  # the fast scorers' mirror: the attack's
     )  # fmt: skip
     audits = [score_layer(runner, inputs.data, **options)]
     skipped = list(selection.skipped) if selection is not None else []

@@ -36,7 +36,33 @@ def torch_device(requested: str) -> str:
             f"--device cuda: this PyTorch ({torch.__version__}) sees no CUDA device (a CPU build, or no GPU "
             "visible); install a CUDA build of torch or use --device cpu"
         )
-    return "cuda" if available else "cpu"
+    if not available:
+        return "cpu"
+    exact_float32_on_cuda()
+    return "cuda"
+
+
+def exact_float32_on_cuda() -> None:
+    """Make PyTorch's CUDA arithmetic IEEE float32 and its cuDNN algorithms deterministic (process-wide).
+
+    cuDNN convolutions default to TF32 on Ampere and later GPUs: their operands rounded to 10 bits of
+    mantissa. The mirror must match onnxruntime to 1e-4 of the logit scale before its gradients are used;
+    with TF32 it departs by 1.6e-4 to 3.7e-3 on the example models (emulated, against 2.5e-7 in float32),
+    and kernelscope would refuse to attack. cuDNN's default algorithms for a convolution's backward add in
+    an order that changes from run to run; the deterministic ones make a seeded run repeat (the
+    ``index_select`` behind Gather still adds its gradient atomically: docs/method.md §12).
+    """
+    import torch
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch 2.9 and later: the per-backend switches
+        conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def onnxruntime_device(session) -> str:

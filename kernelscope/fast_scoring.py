@@ -79,12 +79,13 @@ def _mean_rule(values: np.ndarray, fragile_when_high: bool) -> tuple[list[int], 
 
 def taylor_estimate(
     runner: KernelDropRunner, data: PreparedData, *, batch_size: int = 128, loss: str = "cross_entropy",
-    progress: Progress = NO_PROGRESS, gradient_batch: int | None = None,
+    progress: Progress = NO_PROGRESS, gradient_batch: int | None = None, device: str = "cpu",
 ) -> TaylorEstimate:  # fmt: skip
     """One forward+backward per image batch through the mirror (see module docstring).
 
     ``gradient_batch``: at most this many images per forward+backward (the memory budget's; see
-    :class:`kernelscope.model.memory.MemoryPlan`); the estimate is a per-image sum, so it does not change."""
+    :class:`kernelscope.model.memory.MemoryPlan`); the estimate is a per-image sum, so it does not change.
+    ``device``: where the mirror runs (the attack's, ``--device``)."""
     import torch
     import torch.nn.functional as F
 
@@ -92,7 +93,7 @@ def taylor_estimate(
 
     started = time.perf_counter()
     site, output = runner.site.tensor, runner.output
-    mirror = OnnxMirror(runner.batching.proto, outputs=[output])
+    mirror = OnnxMirror(runner.batching.proto, outputs=[output]).to(device)
     if not mirror.computes(site):
         raise ModelError(f"the mirror cannot expose the tensor {site!r} needed by the Taylor estimate")
     if not runner.batchable:
@@ -107,10 +108,10 @@ def taylor_estimate(
             for begin in range(0, len(labels), step):
                 part = slice(begin, begin + step)
                 # The input must require a gradient: the mirror's weights are constants, not parameters.
-                feeds = {runner.image_input: torch.from_numpy(x[part]).requires_grad_(True)}
+                feeds = {runner.image_input: torch.from_numpy(x[part]).to(device).requires_grad_(True)}
                 values = mirror.run(feeds, [site, output])
                 channel, scores = values[site], values[output].reshape(len(labels[part]), -1)
-                target = torch.from_numpy(labels[part])
+                target = torch.from_numpy(labels[part]).to(device)
                 if loss == "nll_of_probabilities":
                     value = F.nll_loss(torch.log(scores.clamp_min(1e-30)), target, reduction="sum")
                 else:
@@ -119,7 +120,7 @@ def taylor_estimate(
                 # Per image: the first-order loss change of zeroing channel k is -sum(y_k * dL/dy_k); its
                 # magnitude, averaged over images, is the importance (signed sums cancel across images).
                 change = (channel * grad).flatten(2).sum(2).detach().double().abs()
-                total += change.sum(0).numpy()
+                total += change.sum(0).cpu().numpy()
             n += len(labels)
             task.advance(len(labels))
     if n == 0:
@@ -165,17 +166,19 @@ def hybrid_split(
     progress: Progress = NO_PROGRESS,
     backend: Backend | None = None,
     gradient_batch: int | None = None,
+    device: str = "cpu",
 ) -> HybridResult:
     """Taylor screening plus exact scoring of the doubtful kernels until the split is settled.
 
-    ``screen_images``: the screen's size (default: :func:`screen_size`)."""
+    ``screen_images``: the screen's size (default: :func:`screen_size`); ``device``: the screen's mirror's."""
     started = time.perf_counter()
     if screen_images is None:
         screen_images = screen_size(runner, len(data))
     screen = screen_subset(data, screen_images, seed)
     estimate = taylor_estimate(
-        runner, screen, batch_size=batch_size, loss=loss, progress=progress, gradient_batch=gradient_batch
-    )
+        runner, screen, batch_size=batch_size, loss=loss, progress=progress, gradient_batch=gradient_batch,
+        device=device,
+    )  # fmt: skip
     channels = runner.channels
     labels = data.labels
     exact: dict[int, float] = {}
@@ -300,14 +303,15 @@ def fast_score(
     method: str, runner: KernelDropRunner, data: PreparedData, *, batch_size: int = 128,
     run_size: int = DEFAULT_RUN_SIZE, loss: str = "cross_entropy", progress: Progress = NO_PROGRESS,
     backend: Backend | None = None, seed: int = 0, screen_images: int | None = None,
-    gradient_batch: int | None = None,
+    gradient_batch: int | None = None, device: str = "cpu",
 ) -> FastScoring:  # fmt: skip
-    """Run the ``taylor`` or ``hybrid`` scorer and package its result (``gradient_batch``: see
+    """Run the ``taylor`` or ``hybrid`` scorer and package its result (``gradient_batch``, ``device``: see
     :func:`taylor_estimate`)."""
     if method == "taylor":
         t = taylor_estimate(
-            runner, data, batch_size=batch_size, loss=loss, progress=progress, gradient_batch=gradient_batch
-        )
+            runner, data, batch_size=batch_size, loss=loss, progress=progress, gradient_batch=gradient_batch,
+            device=device,
+        )  # fmt: skip
         return FastScoring(
             "taylor", t.importance.tolist(), t.fragile, t.null, [], None, None, t.n_images, t.seconds, runner.drop,
             runner.site, screened_images=t.n_images,
@@ -315,7 +319,7 @@ def fast_score(
     if method == "hybrid":
         h = hybrid_split(
             runner, data, batch_size=batch_size, run_size=run_size, screen_images=screen_images, seed=seed,
-            loss=loss, progress=progress, backend=backend, gradient_batch=gradient_batch,
+            loss=loss, progress=progress, backend=backend, gradient_batch=gradient_batch, device=device,
         )  # fmt: skip
         return FastScoring(
             "hybrid", h.taylor.importance.tolist(), h.fragile, h.null, h.exact_kernels, h.accuracies.tolist(),

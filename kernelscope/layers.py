@@ -108,9 +108,11 @@ def score_layer(
     backend: Backend,
     progress: Progress,
     gradient_batch: int | None = None,
+    device: str = "cpu",
 ) -> LayerAudit:
     """Score ``runner``'s layer exactly and/or by a fast method, as ``inspect --method`` says
-    (``gradient_batch``: images per forward+backward of a fast method, the memory budget's)."""
+    (``gradient_batch``: images per forward+backward of a fast method, the memory budget's; ``device``: where
+    its mirror runs)."""
     started = time.perf_counter()
     scoring = None
     if method == "exact" or compare_exact:
@@ -122,7 +124,7 @@ def score_layer(
     if method != "exact":
         fast = fast_score(
             method, runner, data, batch_size=batch_size, run_size=run_size, loss=loss, progress=progress,
-            backend=backend, seed=seed, gradient_batch=gradient_batch,
+            backend=backend, seed=seed, gradient_batch=gradient_batch, device=device,
         )  # fmt: skip
         if scoring is not None:
             fast = with_agreement(fast, [k.accuracy for k in scoring.kernels], scoring.fragile)

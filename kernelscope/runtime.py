@@ -40,6 +40,23 @@ def default_providers() -> list[str]:
     )
 
 
+#: The CUDA provider's options: IEEE float32 (no TF32, which rounds a Conv's or MatMul's operands to 10 bits
+#: of mantissa on Ampere and later GPUs: the mirror, in float32, would then part from onnxruntime by ~1e-3,
+#: past the parity tolerance), and cuDNN algorithms chosen by its heuristics rather than by timing each one
+#: (EXHAUSTIVE, the default, times them again in every session, one per kernel variant, and can pick a
+#: different algorithm, so different last bits, from run to run).
+CUDA_PROVIDER_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
+
+
+def provider_list(providers: Sequence[str] | None) -> list:
+    """What onnxruntime's ``providers=`` takes for ``providers`` (default: :func:`default_providers`): the
+    names, with the CUDA provider's options."""
+    return [
+        (name, dict(CUDA_PROVIDER_OPTIONS)) if name == "CUDAExecutionProvider" else name
+        for name in (providers or default_providers())
+    ]
+
+
 def _preload_cuda_libraries() -> str | None:
     """Load the CUDA and cuDNN libraries of the NVIDIA pip packages (those a CUDA build of torch or
     ``onnxruntime-gpu[cuda,cudnn]`` installs) before the first CUDA session, so that the provider finds them
@@ -87,7 +104,7 @@ def cuda_provider_problem() -> str | None:
             probe = ort.InferenceSession(
                 model.SerializeToString(),
                 sess_options=session_options(),
-                providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+                providers=provider_list(["CUDAExecutionProvider", "CPUExecutionProvider"]),
             )
         started = "CUDAExecutionProvider" in probe.get_providers()
     except Exception as exc:
@@ -146,7 +163,7 @@ def make_session(
         session = ort.InferenceSession(
             proto if isinstance(proto, bytes) else serialize_for_runtime(proto),
             sess_options=options,
-            providers=chosen,
+            providers=provider_list(chosen),
         )
     except Exception as exc:
         raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None

@@ -106,3 +106,12 @@ def test_auto_says_why_onnxruntime_gpu_is_not_used_and_cuda_refuses_before_any_w
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "libcublasLt.so.13 did not load" in err and "--device cpu" in err
     assert not (tmp_path / "c.json").exists()
+
+
+def test_the_cuda_provider_runs_ieee_float32_with_heuristic_algorithms():
+    from kernelscope.runtime import provider_list
+
+    cuda, cpu = provider_list(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert cuda == ("CUDAExecutionProvider", {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"})
+    assert cpu == "CPUExecutionProvider"
+    assert provider_list(None) == ["CPUExecutionProvider"]  # this CPU build: auto is the CPU

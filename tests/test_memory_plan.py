@@ -191,3 +191,16 @@ def test_release_memory_hands_a_freed_stage_back_to_the_system():
     memory.release_memory()
     assert before - _resident_mb() > 200
     assert sum(block.sum() for block in kept) == len(kept) * (100_000 // 8)
+
+
+def test_release_memory_empties_pytorchs_gpu_cache_once_cuda_is_in_use(monkeypatch):
+    from kernelscope.model.memory import release_memory
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    release_memory()
+    assert emptied == []  # no GPU in use: nothing to hand back
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    release_memory()
+    assert emptied == [True]  # freed GPU blocks go back where onnxruntime's CUDA arena can take them

@@ -175,7 +175,9 @@ def finetune(
                 labels = torch.as_tensor(train.dataset.labels[chosen], dtype=torch.long, device=settings.device)
                 optimizer.zero_grad(set_to_none=True)
                 loss = _accumulate(method, view, x01, labels, generator, settings.micro_batch)
-                if loss is None or not all(p.grad is None or torch.isfinite(p.grad).all() for p in parameters):
+                grads = [p.grad for p in parameters if p.grad is not None]
+                # one device-to-host read for all the gradients (a GPU would wait once per tensor otherwise)
+                if loss is None or (grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())):
                     run.skipped_batches += 1
                     optimizer.zero_grad(set_to_none=True)
                     task.advance(len(chosen))

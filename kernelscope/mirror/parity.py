@@ -9,12 +9,13 @@ import numpy as np
 import onnx
 import torch
 
+from kernelscope.devices import check_session_device
 from kernelscope.errors import ModelError
 from kernelscope.mirror.module import OnnxMirror
 from kernelscope.mirror.tensors import from_numpy
 from kernelscope.model.graph import GraphIndex, node_label
 from kernelscope.model.loading import serialize_for_runtime
-from kernelscope.runtime import default_providers, make_session, run_checked, session_options
+from kernelscope.runtime import make_session, provider_list, run_checked, session_options
 
 #: Parity tolerance (relative to the logit scale) for float32 graphs.
 FLOAT32_TOLERANCE = 1e-4
@@ -180,6 +181,8 @@ def _plain_session(proto: onnx.ModelProto, providers: Sequence[str] | None):
 
     options = session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(
-        serialize_for_runtime(proto), sess_options=options, providers=list(providers or default_providers())
+    session = ort.InferenceSession(
+        serialize_for_runtime(proto), sess_options=options, providers=provider_list(providers)
     )
+    check_session_device(session, providers)  # the diagnosis runs where the checked session ran, or says why not
+    return session

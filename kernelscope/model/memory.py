@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import sys
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -278,3 +279,7 @@ def release_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+    torch = sys.modules.get("torch")  # never imported for this: a run without PyTorch has no GPU cache
+    if torch is not None and torch.cuda.is_initialized():
+        # PyTorch keeps freed GPU blocks cached; onnxruntime's CUDA arena on the same GPU cannot use them
+        torch.cuda.empty_cache()

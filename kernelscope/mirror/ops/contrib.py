@@ -127,7 +127,7 @@ def _binary(
     dtype = ctx.dtype
     sa, sb, sc = (s.to(torch.float32).reshape(()) for s in (a_scale, b_scale, c_scale))
     za, zb, zc = (
-        torch.zeros((), dtype=torch.float32) if z is None else z.to(torch.float32).reshape(())
+        torch.zeros((), dtype=torch.float32, device=a.device) if z is None else z.to(torch.float32).reshape(())
         for z in (a_zero_point, b_zero_point, c_zero_point)
     )
     lo, hi = _qrange(ctx, c_zero_point)
