@@ -115,3 +115,25 @@ def test_the_cuda_provider_runs_ieee_float32_with_heuristic_algorithms():
     assert cuda == ("CUDAExecutionProvider", {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"})
     assert cpu == "CPUExecutionProvider"
     assert provider_list(None) == ["CPUExecutionProvider"]  # this CPU build: auto is the CPU
+
+
+@pytest.mark.parametrize(
+    ("error", "where"),
+    [
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "the GPU"),
+        (MemoryError(), "this machine"),
+    ],
+)
+def test_running_out_of_memory_is_one_line_that_names_the_budget(tmp_path, capsys, monkeypatch, error, where):
+    import kernelscope.audit
+
+    def inspect_model(*_args, **_kwargs):
+        raise error
+
+    monkeypatch.setattr(kernelscope.audit, "inspect_model", inspect_model)
+    model = save(conv_classifier(out_channels=4), tmp_path / "m.onnx")
+    data = random_npz(tmp_path / "d.npz", n=12)
+    assert main(["inspect", str(model), "-d", str(data), "--no-attack"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"out of memory on {where}" in err and "--memory" in err
+    assert "report it" not in err  # not a bug: the budget was too large for the device

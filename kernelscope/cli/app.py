@@ -101,6 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         text = " ".join(str(exc).split())[:300]
+        # MemoryError (host) or torch.cuda.OutOfMemoryError (torch is imported lazily, so matched by name)
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+            where = "the GPU" if type(exc).__name__ == "OutOfMemoryError" else "this machine"
+            return _fail(
+                _escape(
+                    f"out of memory on {where} ({text or type(exc).__name__}); batches are sized by --memory "
+                    "(docs/method.md §12): give a smaller --memory or --batch-size"
+                ),
+                2,
+            )
         return _fail(
             _escape(
                 f"unexpected {type(exc).__name__}: {text} (rerun with KERNELSCOPE_DEBUG=1 for details and report it)"
