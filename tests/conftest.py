@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -15,6 +17,31 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def _backend_flags() -> list[tuple[object, str]]:
+    """The process-wide ``torch.backends`` switches :func:`kernelscope.devices.exact_float32_on_cuda` sets."""
+    cudnn = torch.backends.cudnn
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        # torch >= 2.9. Never read the legacy allow_tf32 here: torch raises once conv and RNN precisions differ.
+        precision = [(cudnn.conv, "fp32_precision"), (torch.backends.cuda.matmul, "fp32_precision")]
+    else:
+        precision = [(cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")]
+    return [*precision, (cudnn, "deterministic"), (cudnn, "benchmark")]
+
+
+@pytest.fixture(autouse=True)
+def _restore_backend_flags() -> Iterator[None]:
+    """Once CUDA is chosen, ``torch_device`` changes torch's precision and cuDNN switches for the whole process;
+    put each back after every test (any test that makes CUDA "available" reaches it), so no other test inherits
+    them. (Not monkeypatch: these switches are ``__getattr__``/``__setattr__`` hooks of plain objects, and its
+    undo would try to delete them.)"""
+    saved = [(owner, name, getattr(owner, name)) for owner, name in _backend_flags()]
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
 
 
 @pytest.fixture(scope="session")
