@@ -48,11 +48,24 @@ def default_providers() -> list[str]:
 CUDA_PROVIDER_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
 
 
+def _cuda_options() -> dict[str, str]:
+    """:data:`CUDA_PROVIDER_OPTIONS` for the installed onnxruntime: ``use_tf32`` exists from 1.18 (an unknown
+    option fails the session); before it, NVIDIA's ``NVIDIA_TF32_OVERRIDE=0`` turns TF32 off (unless the
+    user set it), read when the CUDA libraries start, so before the first CUDA session."""
+    import onnxruntime as ort
+
+    version = tuple(int(part) for part in re.findall(r"\d+", ort.__version__)[:2])
+    if version >= (1, 18):
+        return dict(CUDA_PROVIDER_OPTIONS)
+    os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
+    return {k: v for k, v in CUDA_PROVIDER_OPTIONS.items() if k != "use_tf32"}
+
+
 def provider_list(providers: Sequence[str] | None) -> list:
     """What onnxruntime's ``providers=`` takes for ``providers`` (default: :func:`default_providers`): the
     names, with the CUDA provider's options."""
     return [
-        (name, dict(CUDA_PROVIDER_OPTIONS)) if name == "CUDAExecutionProvider" else name
+        (name, _cuda_options()) if name == "CUDAExecutionProvider" else name
         for name in (providers or default_providers())
     ]
 

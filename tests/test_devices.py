@@ -4,6 +4,7 @@ the devices used."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -137,3 +138,19 @@ def test_running_out_of_memory_is_one_line_that_names_the_budget(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"out of memory on {where}" in err and "--memory" in err
     assert "report it" not in err  # not a bug: the budget was too large for the device
+
+
+def test_an_onnxruntime_before_use_tf32_turns_tf32_off_through_nvidias_switch(monkeypatch):
+    import onnxruntime as ort
+
+    from kernelscope.runtime import provider_list
+
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    monkeypatch.setattr(ort, "__version__", "1.17.3")
+    assert provider_list(["CUDAExecutionProvider"]) == [
+        ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})  # no option 1.17 would refuse
+    ]
+    assert os.environ["NVIDIA_TF32_OVERRIDE"] == "0"
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "1")  # the user's own choice is kept
+    provider_list(["CUDAExecutionProvider"])
+    assert os.environ["NVIDIA_TF32_OVERRIDE"] == "1"
