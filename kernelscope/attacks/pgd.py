@@ -27,6 +27,8 @@ if TYPE_CHECKING:  # torch loads only when PGD runs: validating settings must st
 NORMS = ("linf", "l2")
 
 #: x01 (B, H, W, C) with gradients enabled -> (objective to *ascend*, criterion to keep the best iterate), each (B,).
+#: The iterates stay on the CPU (a batch of images is small next to the activations); an objective moves x01 to
+#: its module's device (``.to`` carries the gradient back) and returns the criterion on the CPU.
 Objective = Callable[["torch.Tensor"], tuple["torch.Tensor", "torch.Tensor"]]
 
 
