@@ -50,7 +50,7 @@ def exact_float32_on_cuda() -> None:
     with TF32 it departs by 1.6e-4 to 3.7e-3 on the example models (emulated, against 2.5e-7 in float32),
     and kernelscope would refuse to attack. cuDNN's default algorithms for a convolution's backward add in
     an order that changes from run to run; the deterministic ones make a seeded run repeat (the
-    ``index_select`` behind Gather still adds its gradient atomically: docs/method.md §12).
+    ``index_select`` behind Gather still adds its gradient atomically: docs/method.md §6).
     """
     import torch
 

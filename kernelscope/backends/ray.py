@@ -135,7 +135,8 @@ class RayBackend:
                         (result, device), task_runs = _get(ray, ref), _get(ray, runs_ref)
                     preds[task.group, task.start : task.stop] = result
                     runs += task_runs
-                    devices.add(device)
+                    if device:  # None only for a runner that built no session
+                        devices.add(device)
                     bar.advance(task.evaluations)
             if devices:
                 runner.device = "+".join(sorted(devices))  # "cpu+cuda" when some nodes had no working GPU
