@@ -40,3 +40,15 @@ def some_of(items: list[str], limit: int) -> str:
     """The first ``limit`` items joined with commas, then how many were left out ("a, b and 3 more")."""
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """Where ``exc`` ran out of memory ("the GPU" or "this machine"), or None when it is another error.
+
+    Python's ``MemoryError``; PyTorch's ``torch.cuda.OutOfMemoryError`` (matched by name: torch loads lazily);
+    and the plain ``RuntimeError`` PyTorch raises when its CPU allocator fails ("can't allocate memory")."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return "the GPU"
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)):
+        return "this machine"
+    return None

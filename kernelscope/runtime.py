@@ -84,8 +84,9 @@ def _preload_cuda_libraries() -> str | None:
             ort.preload_dlls()
     except Exception as exc:  # a broken install must not stop a run that may still work on the CPU
         return _first_line(exc)
-    failed = re.search(r"Failed to load (\S+?):", printed.getvalue())
-    return os.path.basename(failed.group(1)) if failed else None
+    # "Failed to load NAME: why" or "Failed to load /full/path/NAME: why" (a Windows path has a colon and spaces)
+    failed = re.search(r"Failed to load (.+?\.(?:dll|so(?:\.\d+)*)):", printed.getvalue())
+    return re.split(r"[\\/]", failed.group(1))[-1] if failed else None
 
 
 @functools.cache
@@ -124,7 +125,11 @@ def cuda_provider_problem() -> str | None:
         return f"its CUDA provider failed to start: {_first_line(exc)}"
     if started:
         return None
-    why = f"{missing} did not load" if missing else "no GPU is visible, or its CUDA or cuDNN libraries did not load"
+    why = (
+        f"{missing} did not load"
+        if missing
+        else "no GPU is visible, or its CUDA or cuDNN libraries did not load: KERNELSCOPE_ORT_LOG_LEVEL=2 shows which"
+    )
     return f"its CUDA provider did not start ({why})"
 
 

@@ -138,8 +138,9 @@ class RayBackend:
                     if device:  # None only for a runner that built no session
                         devices.add(device)
                     bar.advance(task.evaluations)
-            if devices:
-                runner.device = "+".join(sorted(devices))  # "cpu+cuda" when some nodes had no working GPU
+            if devices:  # with the earlier calls' (a hybrid scores a layer in rounds): "cpu+cuda" on mixed nodes
+                devices |= set(filter(None, (runner.device or "").split("+")))
+                runner.device = "+".join(sorted(devices))
             for decision in decisions.values():  # in the order the shapes first came, as the local backend
                 runner.adopt_stacking(_get(ray, decision))
         self.remote_tasks += len(remote_tasks)

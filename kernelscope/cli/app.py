@@ -20,7 +20,7 @@ from kernelscope.cli.harden_cmd import harden_command
 from kernelscope.cli.inspect_cmd import inspect_command
 from kernelscope.cli.neurons_cmd import neurons_command
 from kernelscope.cli.report_cmd import report_command
-from kernelscope.errors import KernelscopeError
+from kernelscope.errors import KernelscopeError, out_of_memory
 
 
 class _Interrupted(Exception):
@@ -101,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         text = " ".join(str(exc).split())[:300]
-        # MemoryError (host) or torch.cuda.OutOfMemoryError (torch is imported lazily, so matched by name)
-        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-            where = "the GPU" if type(exc).__name__ == "OutOfMemoryError" else "this machine"
+        if where := out_of_memory(exc):  # not a bug: the batches were too large for the device
+            # compare has no --memory: its audits size their batches by the default budget
+            command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), "")
+            options = "--batch-size" if command == "compare" else "--memory or --batch-size"
             return _fail(
                 _escape(
-                    f"out of memory on {where} ({text or type(exc).__name__}); batches are sized by --memory "
-                    "(docs/method.md §12): give a smaller --memory or --batch-size"
+                    f"out of memory on {where} ({text or type(exc).__name__}); batches are sized by the memory "
+                    f"budget (docs/method.md §12): give a smaller {options}"
                 ),
                 2,
             )

@@ -268,7 +268,7 @@ def providers_for(device: str) -> tuple[str, ...] | None:
             from kernelscope.cli.context import error_console
 
             error_console().print(
-                f"note: onnxruntime runs on the CPU: {problem} (--device cuda to insist)",
+                f"note: onnxruntime runs on the CPU: {problem} (--device cpu silences this note)",
                 style="dim",
                 markup=False,
                 soft_wrap=True,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import onnx
 import torch
 
-from kernelscope.errors import ModelError
+from kernelscope.errors import ModelError, out_of_memory
 from kernelscope.mirror import ops as _ops  # noqa: F401  (registers the implementations)
 from kernelscope.mirror.errors import UnsupportedOpsError
 from kernelscope.mirror.ops.misc import constant_value
@@ -204,6 +204,8 @@ class OnnxMirror(torch.nn.Module):
             try:
                 result = step.fn(step.ctx, *args)
             except Exception as exc:
+                if out_of_memory(exc):  # not the op's fault: the run's batch did not fit (the CLI says so)
+                    raise
                 raise ModelError(
                     f"the PyTorch mirror failed at {step.ctx.op_type} node {node_label(step.ctx.node)!r}: "
                     f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
