@@ -89,6 +89,19 @@ def _preload_cuda_libraries() -> str | None:
     return re.split(r"[\\/]", failed.group(1))[-1] if failed else None
 
 
+def _probe_model(op: str, x: tuple, y: tuple, constants: Sequence[onnx.TensorProto] = ()) -> onnx.ModelProto:
+    """A one-node model ``y = op(x, *constants)`` for probing what this onnxruntime does; ``x`` and ``y`` are
+    (name, element type, shape)."""
+    from onnx import helper
+
+    node = helper.make_node(op, [x[0], *(c.name for c in constants)], [y[0]])
+    graph = helper.make_graph(
+        [node], f"{op}_probe", [helper.make_tensor_value_info(*x)], [helper.make_tensor_value_info(*y)], constants
+    )
+    # IR version 7 (opset 13's): any onnxruntime reads it, whatever IR the installed onnx writes by default
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+
+
 @functools.cache
 def cuda_provider_problem() -> str | None:
     """None when onnxruntime's CUDA provider starts in this process; else why not, in a few words.
@@ -102,16 +115,7 @@ def cuda_provider_problem() -> str | None:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return "this onnxruntime has no CUDA provider (install onnxruntime-gpu in place of onnxruntime)"
     missing = _preload_cuda_libraries()
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])],
-        "cuda_probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    # IR version 7 (opset 13's): any onnxruntime reads it, whatever IR the installed onnx writes by default
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    model = _probe_model("Relu", ("x", onnx.TensorProto.FLOAT, [1]), ("y", onnx.TensorProto.FLOAT, [1]))
     try:
         with warnings.catch_warnings():  # onnxruntime warns of a provider it cannot use: the answer says it
             warnings.simplefilter("ignore")
@@ -262,16 +266,14 @@ def u8s8_saturates(providers: Sequence[str] | None = None) -> bool:
     """
     key = tuple(providers or default_providers())
     if key not in _SATURATION_PROBE:
-        from onnx import TensorProto, helper, numpy_helper
+        from onnx import TensorProto, numpy_helper
 
-        graph = helper.make_graph(
-            [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
-            "u8s8_probe",
-            [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 2])],
-            [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 1])],
+        model = _probe_model(
+            "MatMulInteger",
+            ("a", TensorProto.UINT8, [1, 2]),
+            ("y", TensorProto.INT32, [1, 1]),
             [numpy_helper.from_array(np.full((2, 1), 127, np.int8), "b")],
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
         try:
             (y,) = make_session(model, key).run(None, {"a": np.full((1, 2), 255, np.uint8)})
             _SATURATION_PROBE[key] = int(np.asarray(y).reshape(-1)[0]) != 2 * 255 * 127
